@@ -1,0 +1,1 @@
+"""The ``fedgeo`` console command."""

@@ -1,0 +1,67 @@
+"""Entry point of the ``fedgeo`` command.
+
+Each command group is a module with ``register(subparsers)`` that adds its
+sub-parsers and sets ``func`` (a callable taking the parsed namespace and
+returning an exit status). Library command groups are listed in
+``BUILTIN_COMMANDS``; groups that need Flower (``simulate``, ``agent``...) live in
+``client/`` and ``server/`` and are found through the ``fedgeo.commands`` entry
+point group, so the library itself never imports Flower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from fedgeo import __version__
+from fedgeo.data.errors import DataError
+
+BUILTIN_COMMANDS = (
+    "fedgeo.cli.data_cmd",
+    "fedgeo.cli.baseline_cmd",
+    "fedgeo.cli.centralized_cmd",
+)
+
+
+class UsageError(Exception):
+    """A wrong option value; printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedgeo",
+        description="Federated next-location prediction (FedGeo).",
+    )
+    parser.add_argument("--version", action="version", version=f"fedgeo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in BUILTIN_COMMANDS:
+        importlib.import_module(module_name).register(sub)
+    for ep in sorted(entry_points(group="fedgeo.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 failure, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except (DataError, UsageError) as err:
+        print(f"fedgeo: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"fedgeo: error: {err.filename or err}: file not found", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedgeo: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Configuration of the next-location model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters and ablation switches of :class:`NextLocationModel`.
+
+    The three ``prior_*`` switches are the uses of the global geographic adjacency
+    prior; ``personal_memory`` and ``user_embedding`` are the on-device parts.
+    """
+
+    embedding_dim: int = 64
+    """Size of place and time embeddings."""
+    hidden_dim: int = 128
+    """GRU state size."""
+    window: int = 20
+    """How many recent check-ins the sequence encoder reads."""
+    dropout: float = 0.1
+    prior_init: bool = True
+    """Seed place embeddings with the prior's spectral embedding."""
+    prior_propagation: bool = True
+    """Propagate place embeddings over the adjacency: E' = E + g * (A E)."""
+    prior_score: bool = True
+    """Add a learned, context-gated score from the adjacency row of the last place."""
+    personal_memory: bool = True
+    """Score places with the user's own visit, transition, time-slot and recency counts."""
+    user_embedding: bool = True
+    """A personal user vector (never leaves the device in a federation)."""
+    memory_limit: int = 0
+    """Use at most this many past check-ins for personal memory (0 = all)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def without_prior(self) -> ModelConfig:
+        """The same configuration with every use of the geographic prior switched off."""
+        values = self.to_dict()
+        values.update(prior_init=False, prior_propagation=False, prior_score=False)
+        return ModelConfig(**values)
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.prior_init or self.prior_propagation or self.prior_score

@@ -1,0 +1,259 @@
+"""Training and evaluation loops shared by the centralized trainer and the clients."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedgeo.data.dataset import UserData
+from fedgeo.metrics import MetricSums, ranks_from_scores
+from fedgeo.models.features import FeatureBuilder, SampleIndex
+from fedgeo.models.next_location import NextLocationModel
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings (centralized training and local client training)."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    """``adam`` or ``sgd``."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    grad_clip: float = 5.0
+    """Max gradient norm (0 disables clipping)."""
+    patience: int = 3
+    """Centralized: epochs without validation MRR gain before stopping."""
+    eval_batch_size: int = 512
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Evaluation:
+    """Per-sample ranks of one split, with who and what they are."""
+
+    ranks: np.ndarray
+    users: np.ndarray
+    """Index into the evaluated users list."""
+    positions: np.ndarray
+    targets: np.ndarray
+    """Dense place index of each target."""
+
+    @property
+    def sums(self) -> MetricSums:
+        return MetricSums.from_ranks(self.ranks)
+
+    def metrics(self) -> dict[str, float]:
+        return self.sums.finalize()
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did."""
+
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+LossHook = Callable[[nn.Module], torch.Tensor]
+GradHook = Callable[[nn.Module], None]
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.optimizer``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (use 'adam' or 'sgd')")
+
+
+def train_epoch(
+    model: NextLocationModel,
+    features: FeatureBuilder,
+    index: SampleIndex,
+    users: np.ndarray,
+    positions: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    *,
+    extra_loss: LossHook | None = None,
+    after_backward: GradHook | None = None,
+) -> tuple[float, int]:
+    """One pass over the samples in a random order; returns (summed loss, steps)."""
+    model.train()
+    order = rng.permutation(len(users))
+    total, steps = 0.0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        sel = order[start : start + cfg.batch_size]
+        batch = features.build(index, users[sel], positions[sel])
+        scores = model(batch)
+        loss = nn.functional.cross_entropy(scores, batch["target"])
+        objective = loss + extra_loss(model) if extra_loss is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if after_backward is not None:
+            after_backward(model)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        total += float(loss.detach()) * len(sel)
+        steps += 1
+    return total, steps
+
+
+@torch.no_grad()
+def evaluate(
+    model: NextLocationModel,
+    features: FeatureBuilder,
+    index: SampleIndex,
+    split: str,
+    batch_size: int = 512,
+) -> Evaluation:
+    """Ranks of every sample of ``split`` among all places."""
+    model.eval()
+    users, positions = index.samples(split)
+    ranks = np.zeros(len(users), dtype=np.int64)
+    targets = np.zeros(len(users), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        sl = slice(start, start + batch_size)
+        batch = features.build(index, users[sl], positions[sl])
+        scores = model(batch)
+        ranks[sl] = ranks_from_scores(scores, batch["target"])
+        targets[sl] = batch["target"].numpy()
+    return Evaluation(ranks, users, positions, targets)
+
+
+def fit(
+    model: NextLocationModel,
+    features: FeatureBuilder,
+    users: Sequence[UserData],
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Centralized training with early stopping on validation MRR.
+
+    Seeded by ``cfg.seed``; the model ends with its best validation parameters.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    index = SampleIndex(users)
+    train_users, train_pos = index.samples("train")
+    if len(train_users) == 0:
+        raise ValueError("no training samples")
+    has_validation = index.samples("validation")[0].size > 0
+    optimizer = make_optimizer(model.parameters(), cfg)
+    best_score, best_epoch, best_state, stale = -1.0, 0, None, 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    bar = _progress(cfg.epochs, progress)
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum, _ = train_epoch(
+            model, features, index, train_users, train_pos, optimizer, cfg, rng
+        )
+        record = {"epoch": epoch, "train_loss": loss_sum / len(train_users)}
+        if has_validation:
+            val = evaluate(model, features, index, "validation", cfg.eval_batch_size).metrics()
+            record.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
+            score = val["mrr"]
+        else:
+            score = -record["train_loss"]
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_mrr=f"{score:.4f}")
+        if log is not None:
+            log(_format_record(record))
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(best_epoch, len(history), history, time.perf_counter() - started)
+
+
+def train_local(
+    model: NextLocationModel,
+    features: FeatureBuilder,
+    users: Sequence[UserData],
+    cfg: TrainConfig,
+    *,
+    params: Sequence[nn.Parameter] | None = None,
+    extra_loss: LossHook | None = None,
+    after_backward: GradHook | None = None,
+) -> dict[str, float]:
+    """Local training for ``cfg.epochs`` epochs (a client's round).
+
+    ``extra_loss`` adds a regularizer to the loss (FedProx, FedDyn) and
+    ``after_backward`` edits gradients (SCAFFOLD). Returns ``num-examples``,
+    ``train-loss`` (mean over the last epoch) and ``steps``.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    index = SampleIndex(users)
+    train_users, train_pos = index.samples("train")
+    if len(train_users) == 0:
+        return {"num-examples": 0, "train-loss": float("nan"), "steps": 0}
+    optimizer = make_optimizer(params if params is not None else model.parameters(), cfg)
+    loss_sum, steps = 0.0, 0
+    for _ in range(cfg.epochs):
+        loss_sum, epoch_steps = train_epoch(
+            model,
+            features,
+            index,
+            train_users,
+            train_pos,
+            optimizer,
+            cfg,
+            rng,
+            extra_loss=extra_loss,
+            after_backward=after_backward,
+        )
+        steps += epoch_steps
+    return {
+        "num-examples": int(len(train_users)),
+        "train-loss": loss_sum / len(train_users),
+        "steps": steps,
+    }
+
+
+def _format_record(record: dict[str, float]) -> str:
+    return " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+    )
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="epochs", unit="epoch", leave=False)

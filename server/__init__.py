@@ -1,0 +1,1 @@
+"""FedGeo server side: the Flower ServerApp and its federated strategies (``server.strategies``)."""

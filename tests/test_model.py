@@ -1,0 +1,172 @@
+"""The next-location model: features use only the past, shared/personal split, priors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedgeo.data.dataset import Places, UserData
+from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
+from fedgeo.models import FeatureBuilder, ModelConfig, SampleIndex, build_model
+from fedgeo.models.features import MEMORY_FEATURES, hour_of_week
+
+SMALL = dict(embedding_dim=8, hidden_dim=16, window=4, dropout=0.0)
+
+
+def make_places(n: int = 12, seed: int = 0) -> Places:
+    rng = np.random.default_rng(seed)
+    return Places(
+        np.arange(100, 100 + n),
+        40.7 + rng.uniform(0, 0.1, n),
+        -74.0 + rng.uniform(0, 0.1, n),
+    )
+
+
+def make_user(places: list[int], start: int = 1_700_000_000, step: int = 3600) -> UserData:
+    n = len(places)
+    return UserData(
+        user_id=7,
+        places=np.asarray(places, dtype=np.int64),
+        times=start + step * np.arange(n, dtype=np.int64),
+        local_offsets=np.zeros(n, dtype=np.int32),
+        traj_start=np.zeros(n, dtype=np.int64),
+        train=np.arange(1, n - 2, dtype=np.int64),
+        validation=np.array([n - 2], dtype=np.int64),
+        test=np.array([n - 1], dtype=np.int64),
+    )
+
+
+def test_hour_of_week_starts_monday():
+    monday_midnight = 1_704_067_200  # 2024-01-01 00:00 UTC, a Monday
+    assert hour_of_week(np.array([monday_midnight]))[0] == 0
+    assert hour_of_week(np.array([monday_midnight + 3600 * 25]))[0] == 25
+    assert hour_of_week(np.array([monday_midnight + 3600 * 168]))[0] == 0
+
+
+def test_memory_features_count_only_the_past():
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4])
+    cfg = ModelConfig(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
+    fb = FeatureBuilder(12, cfg)
+    index = SampleIndex([user])
+    batch = fb.build(index, np.array([0]), np.array([6]))  # history 0,1,0,2,0,1 ; last = 1
+    memory = batch["memory"][0].numpy()
+    freq = memory[MEMORY_FEATURES.index("freq")]
+    trans = memory[MEMORY_FEATURES.index("trans")]
+    np.testing.assert_allclose(np.expm1(freq)[[0, 1, 2, 3, 4]], [3, 2, 1, 0, 0], atol=1e-5)
+    # transitions out of place 1 before position 6: 1->0 once (positions 1->2)
+    np.testing.assert_allclose(np.expm1(trans)[[0, 1, 2, 3]], [1, 0, 0, 0], atol=1e-5)
+    recency = memory[MEMORY_FEATURES.index("recency")]
+    assert recency[1] == pytest.approx(1.0)  # the last check-in
+    assert recency[3] == 0.0 and recency[4] == 0.0  # the target and the future
+    assert batch["target"].item() == 3
+    assert batch["window_places"][0].tolist() == [0, 2, 0, 1]
+
+
+def test_features_unchanged_when_future_changes():
+    a = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
+    b = make_user([0, 1, 0, 2, 0, 1, 3, 9, 9, 9])
+    b.times = a.times.copy()
+    b.times[7:] += 10_000
+    cfg = ModelConfig(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
+    fb = FeatureBuilder(12, cfg)
+    fa = fb.build(SampleIndex([a]), np.array([0]), np.array([6]))
+    fbb = fb.build(SampleIndex([b]), np.array([0]), np.array([6]))
+    for key in fa:
+        assert torch.equal(fa[key], fbb[key]), key
+
+
+def test_window_is_left_padded_for_short_history():
+    user = make_user([3, 4, 5, 6, 7])
+    cfg = ModelConfig(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
+    batch = FeatureBuilder(12, cfg).build(SampleIndex([user]), np.array([0]), np.array([2]))
+    assert batch["window_places"][0].tolist() == [12, 12, 3, 4]
+    assert batch["window_hours"][0, :2].tolist() == [168, 168]
+
+
+def test_position_zero_is_rejected():
+    user = make_user([3, 4, 5, 6, 7])
+    cfg = ModelConfig(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
+    with pytest.raises(ValueError, match="earlier check-in"):
+        FeatureBuilder(12, cfg).build(SampleIndex([user]), np.array([0]), np.array([0]))
+
+
+def _prior(places: Places) -> AdjacencyPrior:
+    return AdjacencyPrior.from_places(places, PriorConfig(k=3))
+
+
+def test_model_scores_all_places_and_is_seeded():
+    places = make_places()
+    prior = _prior(places)
+    user = make_user([0, 1, 2, 3, 1, 2, 3, 4, 5, 1])
+    cfg = ModelConfig(**SMALL)
+    m1, fb = build_model(len(places), 1, cfg, prior, seed=3)
+    m2, _ = build_model(len(places), 1, cfg, prior, seed=3)
+    batch = fb.build(SampleIndex([user]), np.array([0, 0]), np.array([3, 5]))
+    m1.eval()
+    m2.eval()
+    s1, s2 = m1(batch), m2(batch)
+    assert s1.shape == (2, len(places))
+    assert torch.equal(s1, s2)
+
+
+def test_prior_switches_need_a_prior_and_are_independent():
+    places = make_places()
+    with pytest.raises(ValueError, match="prior"):
+        build_model(len(places), 1, ModelConfig(**SMALL), None)
+    model, fb = build_model(len(places), 1, ModelConfig(**SMALL).without_prior(), None)
+    assert model.prior_matrix is None and fb.prior_rows is None
+    cfg = ModelConfig(**SMALL, prior_init=False, prior_score=False)
+    model, fb = build_model(len(places), 1, cfg, _prior(places))
+    assert model.prior_matrix is not None and fb.prior_rows is None
+
+
+def test_prior_init_seeds_place_embeddings_with_the_spectral_embedding():
+    from fedgeo.geo.embedding import spectral_embedding
+
+    places = make_places(30)
+    prior = _prior(places)
+    model, _ = build_model(len(places), 1, ModelConfig(**SMALL), prior, seed=0)
+    spectral = spectral_embedding(prior, SMALL["embedding_dim"], seed=0)
+    weights = model.place_embedding.weight[:30].detach().numpy()
+    corr = [abs(np.corrcoef(weights[:, j], spectral[:, j])[0, 1]) for j in range(4)]
+    assert min(corr) > 0.99
+
+
+def test_shared_and_personal_state_are_disjoint():
+    places = make_places()
+    model, _ = build_model(len(places), 3, ModelConfig(**SMALL), _prior(places))
+    shared, personal = model.shared_state(), model.personal_state()
+    assert set(personal) == {"user_embedding.weight"}
+    assert not set(shared) & set(personal)
+    assert set(shared) | set(personal) == set(model.state_dict())
+    assert "prior_matrix" not in shared  # the prior is rebuilt from public data, never sent
+    other, _ = build_model(len(places), 3, ModelConfig(**SMALL), _prior(places), seed=9)
+    other.load_shared_state(shared)
+    for key, value in shared.items():
+        assert torch.equal(other.state_dict()[key], value)
+
+
+def test_load_shared_state_rejects_wrong_shapes_and_keys():
+    places = make_places()
+    model, _ = build_model(len(places), 1, ModelConfig(**SMALL), _prior(places))
+    shared = model.shared_state()
+    bad = dict(shared)
+    bad["place_bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="place_bias"):
+        model.load_shared_state(bad)
+    missing = dict(shared)
+    missing.pop("place_bias")
+    with pytest.raises(ValueError, match="missing"):
+        model.load_shared_state(missing)
+
+
+def test_personal_memory_switch_removes_memory_inputs():
+    places = make_places()
+    cfg = ModelConfig(**SMALL, personal_memory=False, user_embedding=False).without_prior()
+    model, fb = build_model(len(places), 1, cfg, None)
+    user = make_user([0, 1, 2, 3, 1, 2, 3, 4, 5, 1])
+    batch = fb.build(SampleIndex([user]), np.array([0]), np.array([4]))
+    assert "memory" not in batch
+    assert model(batch).shape == (1, len(places))
+    assert model.personal_state() == {}
