@@ -228,16 +228,13 @@ class Markov(Predictor):
         return combine((w_u, w_g, w_f, w_pop), p_u, p_g, p_f, self.pop_prob_)
 
     def params(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "method": self.name,
-            "variant": self.variant,
-            "history": self.history,
-        }
+        out: dict[str, Any] = {"method": self.name, "variant": self.variant}
+        if self.variant != "global":  # the global chain has no personal statistics
+            out["history"] = self.history
         if self.variant == "interpolated":
-            out["weights"] = dict(
-                zip(("personal", "global", "frequency", "popularity"), self.weights_ or (),
-                    strict=False)
-            )
+            names = ("personal", "global", "frequency", "popularity")
+            weights = self.weights_
+            out["weights"] = dict(zip(names, weights, strict=True)) if weights else None
             out["weights_chosen_on"] = "validation" if self.weights is None else "given"
             if self.weights is None:
                 out["selection"] = self.selection
@@ -256,17 +253,24 @@ class Markov(Predictor):
         grid = self.grid if self.grid is not None else interpolation_grid()
         if not grid:
             raise ValueError("the weight grid is empty")
-        cands = self._candidates(dataset, "validation")
+        cands = self.candidate_set(dataset, "validation")
         rows = []
         for index, w in enumerate(grid):
             ranks = cands.ranks(tuple(float(x) for x in w))
             m = compute_metrics(ranks)
-            rows.append({"index": index, "weights": list(w), "mrr": m["mrr"],
-                         "acc@1": m["acc@1"], "samples": m["samples"]})
+            rows.append(
+                {
+                    "index": index,
+                    "weights": list(w),
+                    "mrr": m["mrr"],
+                    "acc@1": m["acc@1"],
+                    "samples": m["samples"],
+                }
+            )
         best = max(rows, key=self._search_key)
         return tuple(float(x) for x in grid[best["index"]]), rows
 
-    def _candidates(self, dataset: Dataset, split: str) -> CandidateSet:
+    def candidate_set(self, dataset: Dataset, split: str) -> CandidateSet:
         """The sparse components of every ``split`` sample (see :class:`CandidateSet`)."""
         self._check_fitted()
         parts = []
@@ -322,6 +326,7 @@ class CandidateSet:
         self.num_places = len(pop_prob)
         sizes = np.array([len(p[0]) for p in parts], dtype=np.int64)
         offsets = np.r_[0, np.cumsum(sizes)[:-1]] if len(parts) else np.zeros(0, np.int64)
+
         def cat(k: int) -> np.ndarray:
             return np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)
 
@@ -351,7 +356,8 @@ class CandidateSet:
         pop_scores = w_pop * self.sorted_pop
         all_pop_at_least = self.num_places - np.searchsorted(pop_scores, target, side="left")
         cand_pop_at_least = np.bincount(
-            self.sample, weights=(0.0 + w_pop * self.p_pop) >= target[self.sample],
+            self.sample,
+            weights=(0.0 + w_pop * self.p_pop) >= target[self.sample],
             minlength=self.num_samples,
         )
         beat_other = all_pop_at_least - cand_pop_at_least

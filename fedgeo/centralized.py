@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from fedgeo.data.dataset import Dataset
-from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
 from fedgeo.models import ModelConfig, SampleIndex, build_model
 from fedgeo.results import write_metrics_json, write_predictions_csv
 from fedgeo.training import TrainConfig, evaluate, fit
@@ -29,6 +28,8 @@ def run_centralized(
     """
     timings = dict(extra_timings or {})
     t0 = time.perf_counter()
+    from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
+
     prior = (
         AdjacencyPrior.from_places(dataset.places, PriorConfig(k=prior_k))
         if model_config.uses_prior
@@ -38,12 +39,14 @@ def run_centralized(
     model, features = build_model(
         dataset.num_places, len(dataset.users), model_config, prior, seed=train_config.seed
     )
+    model.to(train_config.device)
     result = fit(model, features, dataset.users, train_config, progress=progress)
     timings["train_s"] = result.seconds
     t1 = time.perf_counter()
     index = SampleIndex(dataset.users)
-    val = evaluate(model, features, index, "validation", train_config.eval_batch_size)
-    test = evaluate(model, features, index, "test", train_config.eval_batch_size)
+    batch, device = train_config.eval_batch_size, train_config.device
+    val = evaluate(model, features, index, "validation", batch, device)
+    test = evaluate(model, features, index, "test", batch, device)
     timings["evaluate_s"] = time.perf_counter() - t1
     summary: dict[str, Any] = {
         "method": "centralized",

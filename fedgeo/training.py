@@ -36,6 +36,8 @@ class TrainConfig:
     """Centralized: epochs without validation MRR gain before stopping."""
     eval_batch_size: int = 512
     seed: int = 0
+    device: str = "cpu"
+    """Torch device for the model and batches (``cpu``, ``cuda``...)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +106,7 @@ def train_epoch(
     total, steps = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
         sel = order[start : start + cfg.batch_size]
-        batch = features.build(index, users[sel], positions[sel])
+        batch = _to_device(features.build(index, users[sel], positions[sel]), cfg.device)
         scores = model(batch)
         loss = nn.functional.cross_entropy(scores, batch["target"])
         objective = loss + extra_loss(model) if extra_loss is not None else loss
@@ -127,6 +129,7 @@ def evaluate(
     index: SampleIndex,
     split: str,
     batch_size: int = 512,
+    device: str = "cpu",
 ) -> Evaluation:
     """Ranks of every sample of ``split`` among all places."""
     model.eval()
@@ -136,9 +139,9 @@ def evaluate(
     for start in range(0, len(users), batch_size):
         sl = slice(start, start + batch_size)
         batch = features.build(index, users[sl], positions[sl])
-        scores = model(batch)
-        ranks[sl] = ranks_from_scores(scores, batch["target"])
         targets[sl] = batch["target"].numpy()
+        batch = _to_device(batch, device)
+        ranks[sl] = ranks_from_scores(model(batch), batch["target"])
     return Evaluation(ranks, users, positions, targets)
 
 
@@ -174,7 +177,9 @@ def fit(
         )
         record = {"epoch": epoch, "train_loss": loss_sum / len(train_users)}
         if has_validation:
-            val = evaluate(model, features, index, "validation", cfg.eval_batch_size).metrics()
+            val = evaluate(
+                model, features, index, "validation", cfg.eval_batch_size, cfg.device
+            ).metrics()
             record.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
             score = val["mrr"]
         else:
@@ -243,6 +248,12 @@ def train_local(
         "train-loss": loss_sum / len(train_users),
         "steps": steps,
     }
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    if device == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _format_record(record: dict[str, float]) -> str:

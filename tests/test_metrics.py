@@ -58,8 +58,10 @@ def test_random_scores_numpy_and_torch_agree_with_brute_force():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, size=(50, 30)).astype(np.float64)  # many ties
     targets = rng.integers(0, 30, size=50)
-    expected = [1 + sum(scores[i, j] >= scores[i, targets[i]] for j in range(30) if j != targets[i])
-                for i in range(50)]
+    expected = [
+        1 + sum(scores[i, j] >= scores[i, targets[i]] for j in range(30) if j != targets[i])
+        for i in range(50)
+    ]
     np.testing.assert_array_equal(both_paths(scores, targets), expected)
 
 
@@ -98,8 +100,14 @@ def test_ndcg_per_rank_values():
 
 def test_empty_gives_zeros_without_dividing_by_zero():
     m = compute_metrics(np.zeros(0, dtype=np.int64))
-    assert m == {"acc@1": 0.0, "acc@5": 0.0, "acc@10": 0.0, "mrr": 0.0, "ndcg@10": 0.0,
-                 "samples": 0}
+    assert m == {
+        "acc@1": 0.0,
+        "acc@5": 0.0,
+        "acc@10": 0.0,
+        "mrr": 0.0,
+        "ndcg@10": 0.0,
+        "samples": 0,
+    }
     assert MetricSums().finalize() == m
 
 
@@ -139,7 +147,11 @@ def test_metrics_json_is_strict_and_holds_extra_fields(tmp_path):
     val = {**compute_metrics([2]), "mrr": float("nan")}
     out = tmp_path / "a" / "b"
     path = write_metrics_json(
-        out, test=test, validation=val, method="x", timings_s={"fit_s": np.float32(1.5)},
+        out,
+        test=test,
+        validation=val,
+        method="x",
+        timings_s={"fit_s": np.float32(1.5)},
         weights=(0.1, float("inf")),
     )
     data = json.loads(path.read_text())  # strict JSON: NaN would not parse back as null

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fedgeo.cli.common import add_data_arguments
+from fedgeo.cli.common import add_dataset_arguments, dataset_from_args
 
 METHODS = ("popular", "most-frequent", "markov")
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write DIR/metrics.json and DIR/predictions.csv. Without --data it uses the "
         "synthetic city. See docs/metrics.md.",
     )
-    add_data_arguments(parser, required=False)
+    add_dataset_arguments(parser)
     parser.add_argument("--method", choices=METHODS, default="markov", help="default: markov")
     parser.add_argument(
         "--markov-variant",
@@ -40,26 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace):
-    from fedgeo.data.loading import load_dataset
-
-    data = getattr(args, "data", None)
-    return load_dataset(
-        data,
-        getattr(args, "format", None) or "csv",
-        columns=getattr(args, "columns", None),
-        skip_bad=bool(getattr(args, "skip_bad_rows", False)),
-        time_unit=getattr(args, "time_unit", None),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from fedgeo.baselines import evaluate_predictor, make_predictor
     from fedgeo.data.protocol import dataset_summary
     from fedgeo.results import write_metrics_json, write_predictions_csv
 
     t0 = time.perf_counter()
-    dataset, _ = _load(args)
+    dataset = dataset_from_args(args)
     timings = {"load_s": time.perf_counter() - t0}
     kwargs = {}
     if args.method == "markov":

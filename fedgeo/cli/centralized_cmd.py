@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fedgeo.cli.common import add_data_arguments, add_protocol_arguments, dataset_from_args
+from fedgeo.cli.common import add_dataset_arguments, dataset_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the next-location model on all users' data in one place, with early "
         "stopping on validation MRR; write DIR/metrics.json and DIR/predictions.csv.",
     )
-    add_data_arguments(parser, required=False)
-    add_protocol_arguments(parser)
+    add_dataset_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default 20)")

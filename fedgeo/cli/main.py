@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from fedgeo import __version__
+from fedgeo.cli.errors import UsageError
 from fedgeo.data.errors import DataError
 
 BUILTIN_COMMANDS = (
@@ -25,9 +26,7 @@ BUILTIN_COMMANDS = (
     "fedgeo.cli.centralized_cmd",
 )
 
-
-class UsageError(Exception):
-    """A wrong option value; printed as one line, exit status 2."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

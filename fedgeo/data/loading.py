@@ -20,6 +20,7 @@ def load_dataset(
     columns: dict[str, Any] | None = None,
     skip_bad: bool = False,
     time_unit: str | None = None,
+    encoding: str | None = None,
     protocol: ProtocolConfig | None = None,
     synthetic: SyntheticConfig | None = None,
 ) -> tuple[Dataset, ReadResult | None]:
@@ -27,7 +28,7 @@ def load_dataset(
 
     Parameters
     ----------
-    path, format, columns, skip_bad
+    path, format, columns, skip_bad, encoding
         Passed to :func:`fedgeo.data.readers.read_checkins`.
     time_unit
         When given, passed to the reader as ``time_unit=`` (the unit or style of the time
@@ -54,6 +55,7 @@ def load_dataset(
 
     from fedgeo.data.readers import read_checkins
 
-    extra = {"time_unit": time_unit} if time_unit is not None else {}
-    result = read_checkins(path, format, columns=columns, skip_bad=skip_bad, **extra)
+    result = read_checkins(
+        path, format, columns=columns, skip_bad=skip_bad, time_unit=time_unit, encoding=encoding
+    )
     return preprocess(result.table, protocol, name=str(path)), result

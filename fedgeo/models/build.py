@@ -27,14 +27,16 @@ def build_model(
     """
     import torch
 
-    from fedgeo.geo.embedding import spectral_embedding
-
     cfg = config or ModelConfig()
     if cfg.uses_prior and prior is None:
         raise ValueError("this model configuration uses the geographic prior: pass prior=")
     if prior is not None and prior.num_places != num_places:
         raise ValueError(f"prior has {prior.num_places} places, data has {num_places}")
-    embedding = spectral_embedding(prior, cfg.embedding_dim, seed=seed) if cfg.prior_init else None
+    embedding = None
+    if cfg.prior_init:
+        from fedgeo.geo.embedding import spectral_embedding
+
+        embedding = spectral_embedding(prior, cfg.embedding_dim, seed=seed)
     matrix = prior.torch_sparse() if (prior is not None and cfg.prior_propagation) else None
     torch.manual_seed(seed)
     model = NextLocationModel(num_places, num_users, cfg, matrix, embedding)

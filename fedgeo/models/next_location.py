@@ -48,7 +48,7 @@ class NextLocationModel(nn.Module):
         nn.init.normal_(self.place_embedding.weight, std=0.1)
         if cfg.prior_init:
             if prior_embedding is None:
-                raise ValueError("prior_init needs prior_embedding (the prior's spectral embedding)")
+                raise ValueError("prior_init needs prior_embedding (the spectral embedding)")
             self._seed_from_prior(np.asarray(prior_embedding, dtype=np.float32))
         with torch.no_grad():
             self.place_embedding.weight[num_places].zero_()

@@ -115,9 +115,7 @@ def sample_participants(
     for reproducible, resumable runs). Returns the participants in ascending id order.
     """
     if len(node_ids) != len(probabilities):
-        raise ValueError(
-            f"{len(node_ids)} node ids but {len(probabilities)} probabilities"
-        )
+        raise ValueError(f"{len(node_ids)} node ids but {len(probabilities)} probabilities")
     if num_to_sample < 0:
         raise ValueError(f"num_to_sample must be >= 0, got {num_to_sample}")
     ids = np.asarray(node_ids, dtype=np.int64)

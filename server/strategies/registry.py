@@ -202,20 +202,40 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any], *, seed: int) -
     return _CLASSES[key](**kwargs)
 
 
+def _constructor_parameters(cls: type) -> list[inspect.Parameter]:
+    """Named constructor parameters of ``cls``; when ``__init__`` takes ``**kwargs``, those
+    of the next base-class constructors too (how a subclass forwards FedAvg's options)."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if klass is object:
+            break
+        has_var_keyword = False
+        for arg in list(inspect.signature(klass.__init__).parameters.values())[1:]:
+            if arg.kind is inspect.Parameter.VAR_KEYWORD:
+                has_var_keyword = True
+            elif arg.kind is not inspect.Parameter.VAR_POSITIONAL:
+                out.setdefault(arg.name, arg)
+        if not has_var_keyword:
+            break
+    return list(out.values())
+
+
 def _from_import_path(path: str, params: Mapping[str, Any], *, seed: int) -> Strategy:
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"strategy {path!r}: cannot import module {module_name!r}: {exc}") from None
+        raise ValueError(
+            f"strategy {path!r}: cannot import module {module_name!r}: {exc}"
+        ) from None
     cls = getattr(module, attr, None)
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
         raise ValueError(f"strategy {path!r}: {attr!r} is not a flwr Strategy subclass")
     kwargs: dict[str, Any] = {}
     missing: list[str] = []
-    for arg in inspect.signature(cls).parameters.values():
-        if arg.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            continue
+    for arg in _constructor_parameters(cls):
         dashed = arg.name.replace("_", "-")
         if dashed in params:
             value = params[dashed]
@@ -228,7 +248,5 @@ def _from_import_path(path: str, params: Mapping[str, Any], *, seed: int) -> Str
         elif arg.default is inspect.Parameter.empty:
             missing.append(dashed)
     if missing:
-        raise ValueError(
-            f"strategy {path!r} needs run-config parameter(s) {', '.join(missing)}"
-        )
+        raise ValueError(f"strategy {path!r} needs run-config parameter(s) {', '.join(missing)}")
     return cls(**kwargs)

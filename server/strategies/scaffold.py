@@ -148,8 +148,7 @@ class Scaffold(FedAvg):
         assert self.control is not None
         if not isinstance(record, ArrayRecord):
             raise InconsistentMessageReplies(
-                reason=f"SCAFFOLD: reply from node {node_id} has no ArrayRecord "
-                f"'{CONTROL_DELTA}'"
+                reason=f"SCAFFOLD: reply from node {node_id} has no ArrayRecord '{CONTROL_DELTA}'"
             )
         delta = {k: v.astype(np.float64) for k, v in to_numpy(record).items()}
         for key, value in delta.items():

@@ -45,9 +45,7 @@ TIME_NAMES: tuple[tuple[str, str], ...] = (
     ("seconds", "s"),
     ("timems", "ms"),
 )
-RELATIVE_TIME_NAMES = frozenset(
-    ("timemin", "minutes", "times", "timesec", "seconds", "timems")
-)
+RELATIVE_TIME_NAMES = frozenset(("timemin", "minutes", "times", "timesec", "seconds", "timems"))
 """Columns of times since an origin the file does not state (not UTC epoch)."""
 
 
@@ -80,9 +78,7 @@ def check_mapping(columns: dict[str, str] | None) -> dict[str, str]:
     for key, value in (columns or {}).items():
         canonical = "timestamp" if key == "time" else key
         if canonical not in CANONICAL:
-            raise ValueError(
-                f"unknown column {key!r} in columns; known: {', '.join(CANONICAL)}"
-            )
+            raise ValueError(f"unknown column {key!r} in columns; known: {', '.join(CANONICAL)}")
         if not isinstance(value, str) or not value:
             raise ValueError(f"columns[{key!r}] must be a column name, got {value!r}")
         out[canonical] = value
@@ -113,7 +109,10 @@ def find_columns(
                 "comma-separated (raw TSMC2014 or SNAP files: format 'tsmc2014' or 'snap')"
             )
         return DataError(
-            f"{what} (header: {shown}){hint}", path=name, line=header_line, field=wanted or canonical
+            f"{what} (header: {shown}){hint}",
+            path=name,
+            line=header_line,
+            field=wanted or canonical,
         )
 
     for canonical, wanted in mapping.items():

@@ -172,21 +172,21 @@ def read_checkins(
 
     name = display_name(path)
     data = decompress(read_bytes(path), name)
-    if not data.strip():
+    if not data or data.isspace():
         raise DataError("empty file: no check-ins", path=name, line=1)
     delimiter = _DELIMITER[format]
-    if format == "csv":
-        header_names = _first_line_fields(data, delimiter)
-        layout_names = header_names
-    else:
-        layout_names = [n for n, _ in _LAYOUT[format]]
 
     def field_of(raw: bytes, pos: int) -> str | None:
+        """The field holding byte ``pos`` (for encoding errors, before decoding)."""
         start = raw.rfind(b"\n", 0, pos) + 1
-        if format == "csv" and start == raw.find(b"\n", 0) + 1 and start == 0:
-            return None
+        if format == "csv":
+            if raw[:start].isspace() or start == 0:
+                return None  # the header line
+            names = _first_line_fields(raw, delimiter)
+        else:
+            names = [n for n, _ in _LAYOUT[format]]
         k = raw.count(delimiter.encode(), start, pos)
-        return layout_names[k] if k < len(layout_names) else None
+        return names[k] if k < len(names) else None
 
     data = to_utf8(
         data,
@@ -219,7 +219,7 @@ def read_checkins(
             )
     else:
         cols = [_Column(c, p, n) for p, (n, c) in enumerate(_LAYOUT[format]) if c is not None]
-        names = layout_names
+        names = [n for n, _ in _LAYOUT[format]]
     cols.sort(key=lambda c: c.position)
     expected = len(names)
 
@@ -227,9 +227,7 @@ def read_checkins(
     wrong = content & (records.nfields != expected)
     _add_structure_problems(problems, data, records, np.flatnonzero(wrong), names, format)
     good = content & ~wrong
-    frame = read_fields(
-        data, records, good, delimiter, {c.position: c.canonical for c in cols}
-    )
+    frame = read_fields(data, records, good, delimiter, {c.position: c.canonical for c in cols})
     row_lines = records.lines[good]
 
     parsed: dict[str, F.Parsed] = {}
@@ -265,9 +263,7 @@ def read_checkins(
     keep = ~bad
     if not keep.any():
         where = f" (first: {examples[0]})" if examples else ""
-        raise DataError(
-            f"no valid check-ins: all {total_rows} data rows are bad{where}", path=name
-        )
+        raise DataError(f"no valid check-ins: all {total_rows} data rows are bad{where}", path=name)
 
     table = _assemble(parsed, keep)
     return ReadResult(
@@ -282,11 +278,16 @@ def read_checkins(
 
 
 def _first_line_fields(data: bytes, delimiter: str) -> list[str]:
-    """Rough header names (for locating encoding errors before decoding)."""
-    for line in data.split(b"\n", 50)[:50]:
+    """Rough header names: the first non-blank line split at ``delimiter``."""
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end
+        line = data[pos:end]
         if line.strip():
             text = line.decode("latin-1").rstrip("\r")
             return [h.strip().strip('"') for h in text.split(delimiter)]
+        pos = end + 1
     return []
 
 
@@ -313,11 +314,12 @@ def _add_structure_problems(
         message = f"expected {expected} {kind} fields, found {found}"
         text = records.text(data, i)
         if found == 1:
-            others = [(c, n) for c, n in ((",", "commas"), ("\t", "tabs"), (";", "semicolons"))]
-            for char, label in others:
+            for char, label in ((",", "commas"), ("\t", "tabs"), (";", "semicolons")):
                 if char in text and char != _DELIMITER[format]:
                     message += f" (the line has {label}: wrong delimiter or wrong format?)"
                     break
+        if records.fields is not None and any("\n" in f for f in records.fields[i]):
+            message += " (a quoted field spans lines: an unclosed quote?)"
         if found < expected:
             return names[found].strip(), f"missing: {message}"
         return names[-1].strip(), f"extra fields after this one: {message}"
@@ -337,17 +339,14 @@ def _parse_column(canonical: str, column: pd.Series, time_style: str) -> F.Parse
     if canonical == "tz_offset_min":
         return F.parse_int(column, -1440, 1440, "timezone offset (minutes)")
     if canonical == "category":
-        values = column.to_numpy(dtype=object)
-        return F.Parsed(values, np.zeros(len(values), dtype=bool), lambda i: "")
+        return F.Parsed(column, np.zeros(len(column), dtype=bool), lambda i: "")
     raise AssertionError(canonical)  # pragma: no cover
 
 
 def _snap_null_island(lat: F.Parsed, lon: F.Parsed) -> F.Parsed:
     """SNAP files write (0, 0) for a check-in without a known location."""
     zero = (lat.values == 0.0) & (lon.values == 0.0)
-    return F.Parsed(
-        zero, zero, lambda i: "coordinates (0, 0): SNAP's mark for an unknown location"
-    )
+    return F.Parsed(zero, zero, lambda i: "coordinates (0, 0): SNAP's mark for an unknown location")
 
 
 def _assemble(parsed: dict[str, F.Parsed], keep: np.ndarray) -> pd.DataFrame:
@@ -355,15 +354,13 @@ def _assemble(parsed: dict[str, F.Parsed], keep: np.ndarray) -> pd.DataFrame:
     for canonical in _CANONICAL_ORDER:
         if canonical not in parsed:
             continue
-        values = parsed[canonical].values[keep]
+        values = parsed[canonical].values
+        values = values[keep] if isinstance(values, np.ndarray) else values[keep]
         if canonical in ("user_id", "location_id"):
             out[canonical] = F.id_values(values)
-        elif canonical in ("latitude", "longitude"):
-            out[canonical] = pd.Series(values, dtype=np.float64)
-        elif canonical == "timestamp":
-            out[canonical] = pd.Series(values, dtype=np.int64)
-        elif canonical == "tz_offset_min":
-            out[canonical] = pd.Series(values, dtype=np.int32)
+        elif canonical == "category":
+            out[canonical] = values.reset_index(drop=True).astype(object)
         else:
-            out[canonical] = pd.Series(values, dtype=object)
+            dtype = {"timestamp": np.int64, "tz_offset_min": np.int32}.get(canonical, np.float64)
+            out[canonical] = pd.Series(values, dtype=dtype)
     return pd.DataFrame(out)

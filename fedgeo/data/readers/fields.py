@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 TSMC_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 """``Sat Jun 16 21:29:30 +0000 2012``: the TSMC2014 ``utcTimestamp`` layout."""
@@ -28,7 +30,8 @@ _INT_ID = r"-?(?:0|[1-9][0-9]{0,17})"
 class Parsed:
     """Converted values of one column and where they are bad."""
 
-    values: np.ndarray
+    values: np.ndarray | pd.Series
+    """numpy values, or a string Series for ids and categories."""
     bad: np.ndarray
     explain: Callable[[int], str]
 
@@ -41,20 +44,34 @@ def parse_id(column: pd.Series) -> Parsed:
     """Ids: any non-empty text (surrounding whitespace dropped)."""
     stripped = column.str.strip()
     bad = (stripped == "").to_numpy(dtype=bool)
-    return Parsed(stripped.to_numpy(dtype=object), bad, lambda i: "empty id")
+    return Parsed(stripped, bad, lambda i: "empty id")
 
 
-def id_values(values: np.ndarray) -> pd.Series:
-    """Ids as int64 when every one is a plain integer, else as strings (object)."""
-    series = pd.Series(values, dtype=str)
-    if len(series) and bool(series.str.fullmatch(_INT_ID).all()):
-        return series.astype(np.int64)
-    return pd.Series(values, dtype=object)
+def id_values(ids: pd.Series) -> pd.Series:
+    """Ids as int64 when every one is a plain integer (no sign but ``-``, no leading
+    zeros, at most 18 digits), else as Python strings (object)."""
+    ids = ids.reset_index(drop=True)
+    if len(ids) and bool(ids.str.fullmatch(_INT_ID).all()):
+        try:
+            ints = pc.cast(pa.array(ids, type=pa.string()), pa.int64())
+            return pd.Series(ints.to_numpy(zero_copy_only=False), dtype=np.int64)
+        except (pa.ArrowException, TypeError):
+            return ids.astype(np.int64)
+    return ids.astype(object)
+
+
+def to_float(column: pd.Series) -> np.ndarray:
+    """float64 values of a string column; NaN where a value is not a number."""
+    try:  # fast path: Arrow parses every value
+        strings = pc.utf8_trim_whitespace(pa.array(column, type=pa.string()))
+        return pc.cast(strings, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, TypeError):
+        return pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
 
 
 def parse_float(column: pd.Series, lo: float, hi: float, what: str = "value") -> Parsed:
     """Finite numbers in ``[lo, hi]``."""
-    values = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    values = to_float(column)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (values < lo) | (values > hi)
 
@@ -113,7 +130,7 @@ def parse_datetime(column: pd.Series, style: str) -> Parsed:
 def parse_number_time(column: pd.Series, unit: str) -> Parsed:
     """Numeric times in ``unit`` (``s``, ``min``, ``ms``) -> int64 seconds (rounded)."""
     factor = SECONDS_PER_UNIT[unit]
-    raw = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    raw = to_float(column)
     with np.errstate(invalid="ignore", over="ignore"):
         seconds = np.rint(raw * factor)
         bad = ~np.isfinite(seconds) | (np.abs(seconds) > MAX_SECONDS)
@@ -123,8 +140,12 @@ def parse_number_time(column: pd.Series, unit: str) -> Parsed:
         if text == "":
             return "empty time"
         if np.isnan(raw[i]):
-            hint = " (pass time_unit='iso' / --time-unit iso for date-time text)"
-            return f"not a number of {UNIT_NAMES[unit]}: {_quoted(text)}{hint}"
+            message = f"not a number of {UNIT_NAMES[unit]}: {_quoted(text)}"
+            if guess_time_style(pd.Series([text], dtype=str)) == "tsmc" or pd.notna(
+                pd.to_datetime(text, format="ISO8601", errors="coerce")
+            ):
+                message += " (for date-time text pass time_unit='iso' / --time-unit iso)"
+            return message
         message = f"time {text} {UNIT_NAMES[unit]} is out of range (beyond the year 9999)"
         if unit == "s" and np.isfinite(raw[i]) and abs(raw[i]) / 1000 <= MAX_SECONDS:
             message += "; if it holds milliseconds pass time_unit='ms' (--time-unit ms)"

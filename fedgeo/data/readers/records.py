@@ -1,9 +1,9 @@
 """Splitting delimited text into records and fields.
 
 The happy path never loops over rows in Python: record boundaries, line numbers and
-field counts come from numpy on the raw bytes, and pandas' C parser reads the
-fields. A headed CSV that uses quotes goes through :mod:`csv` instead, since a
-quoted field may hold delimiters and newlines.
+field counts come from numpy on the raw bytes, and Arrow's CSV parser (pandas' C
+parser as a fallback) reads the fields as strings. A headed CSV that uses quotes goes
+through :mod:`csv` instead, since a quoted field may hold delimiters and newlines.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from fedgeo.data.errors import DataError
 
@@ -148,7 +150,49 @@ def read_fields(
         mask = np.repeat(keep, records.seg_ends - records.starts)
         text = b[: len(mask)][mask].tobytes()
     positions = sorted(usecols)
-    frame = pd.read_csv(
+    nfields = int(records.nfields[rows[0]])
+    frame = _read_with_arrow(text, delimiter, nfields, positions)
+    if frame is None or len(frame) != len(rows):
+        frame = _read_with_pandas(text, delimiter, positions)
+    if len(frame) != len(rows):  # pragma: no cover - the split above mirrors the parsers
+        raise RuntimeError(f"parsed {len(frame)} rows where {len(rows)} records were found")
+    return frame.rename(columns={j: usecols[j] for j in positions})[[usecols[j] for j in positions]]
+
+
+def _read_with_arrow(
+    text: bytes, delimiter: str, nfields: int, positions: list[int]
+) -> pd.DataFrame | None:
+    """All fields as strings with Arrow's multithreaded CSV parser (no quoting); None when
+    the text has a lone ``\r`` (Arrow ends lines there, the split above does not) or Arrow
+    cannot parse it."""
+    if text.count(b"\r") != text.count(b"\r\n"):
+        return None
+    names = [str(j) for j in range(nfields)]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(text),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[names[j] for j in positions],
+                column_types={names[j]: pa.string() for j in positions},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowException:
+        return None
+    return pd.DataFrame({j: table.column(names[j]).to_pandas() for j in positions})
+
+
+def _read_with_pandas(text: bytes, delimiter: str, positions: list[int]) -> pd.DataFrame:
+    return pd.read_csv(
         io.BytesIO(text),
         sep=delimiter,
         header=None,
@@ -161,6 +205,3 @@ def read_fields(
         encoding="utf-8",
         engine="c",
     )
-    if len(frame) != len(rows):  # pragma: no cover - the split above mirrors the C parser
-        raise RuntimeError(f"parsed {len(frame)} rows where {len(rows)} records were found")
-    return frame.rename(columns={j: usecols[j] for j in positions})[[usecols[j] for j in positions]]

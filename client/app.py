@@ -1,0 +1,168 @@
+"""FedGeo's Flower ClientApp: ``train``, ``evaluate`` and ``query`` messages.
+
+* ``train``: load the global shared arrays (``"arrays"``), add the client's personal
+  state, train locally with the strategy's client side (:mod:`client.local_training`),
+  reply with the trained shared arrays, ``"metrics"`` (``num-examples``, ``train-loss``,
+  ``steps``) and, for SCAFFOLD, ``"control-delta"``. Local-only replies with metrics only.
+* ``evaluate``: rank the client's own samples of config ``split`` (``validation`` or
+  ``test``); reply with the additive sums of :class:`fedgeo.metrics.MetricSums` plus
+  ``num-examples``, so the server micro-averages exactly. With ``return-ranks`` = 1
+  (research mode, simulated clients only) the reply also lists every sample's rank and
+  target place index.
+* ``query``: reply with the data profile (``checkins``, ``distinct_places``, ``entropy``,
+  ``radius_of_gyration_km``), Laplace-noised when ``profile-ldp-epsilon`` > 0, and the
+  client key (partition id; -1 on a device).
+
+A bad instruction or bad local data (including a geographic prior whose checksum is not
+the server's) gets an error reply with a one-line reason instead of a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from client.algorithms import ARRAYS, CONFIG, CONTROL_DELTA, LOCAL_ONLY, METRICS, TrainInstructions
+from client.data_source import ClientSource, client_source
+from client.local_training import (
+    LDP_EPSILON,
+    LDP_RADIUS_KM,
+    RETURN_RANKS,
+    SEED,
+    SERVER_ROUND,
+    SPLIT,
+    client_seed,
+    data_profile,
+    evaluate_split,
+    local_model,
+    privatize,
+    train,
+    train_config,
+)
+from client.state import ClientStateStore
+from fedgeo.data.errors import DataError
+
+PROFILE = "profile"
+"""Reply MetricRecord of a query."""
+CLIENT_KEY = "client-key"
+"""Query reply metric: the partition id of a simulated client, -1 on a device."""
+ERROR_CODE = 2
+"""Flower's ``ErrorCode.CLIENT_APP_RAISED_EXCEPTION``."""
+EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError)
+
+app = ClientApp()
+
+
+def _arrays(message: Message) -> dict[str, np.ndarray]:
+    record = message.content.get(ARRAYS)
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"the instruction has no ArrayRecord '{ARRAYS}'")
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(np.asarray(v, order="C")) for key, v in arrays.items()})
+
+
+def _config(message: Message) -> dict:
+    return dict(message.content.get(CONFIG, {}))
+
+
+def _source(message: Message, context: Context) -> ClientSource:
+    return client_source(dict(context.node_config), _config(message), context.node_id)
+
+
+def _store(config: dict, context: Context, source: ClientSource) -> ClientStateStore:
+    return ClientStateStore(context, config, source.key, source.simulated)
+
+
+def _safely(handler: Callable[[Message, Context], Message]):
+    """Run ``handler``; expected failures become an error reply with a one-line reason."""
+
+    def run(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except EXPECTED_ERRORS as err:
+            reason = f"fedgeo client: {type(err).__name__}: {err}".splitlines()[0]
+            return Message(Error(code=ERROR_CODE, reason=reason), reply_to=message)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+@app.train()
+@_safely
+def handle_train(message: Message, context: Context) -> Message:
+    """Local training on the client's own data."""
+    config = _config(message)
+    source = _source(message, context)
+    local = local_model(source, config)
+    instructions = TrainInstructions.from_content(message.content)
+    server_round = int(config.get(SERVER_ROUND, 0))
+    store = _store(config, context, source)
+    state = store.load(server_round, inclusive=False)
+    seed = client_seed(int(config.get(SEED, 0)), server_round, source.key)
+    outcome = train(local, _arrays(message), state, instructions, train_config(config, seed))
+    store.save(server_round, outcome.state)
+    content = RecordDict({METRICS: MetricRecord(outcome.metrics)})
+    if outcome.arrays is not None:
+        content[ARRAYS] = _record(outcome.arrays)
+    if outcome.control_delta is not None:
+        content[CONTROL_DELTA] = _record(outcome.control_delta)
+    return Message(content, reply_to=message)
+
+
+@app.evaluate()
+@_safely
+def handle_evaluate(message: Message, context: Context) -> Message:
+    """Ranking metrics of the client's own validation or test samples."""
+    config = _config(message)
+    source = _source(message, context)
+    local = local_model(source, config)
+    server_round = int(config.get(SERVER_ROUND, 0))
+    state = _store(config, context, source).load(server_round, inclusive=True)
+    split = str(config.get(SPLIT, "validation"))
+    local_only = bool(int(config.get(LOCAL_ONLY, 0)))
+    global_arrays = _arrays(message) if ARRAYS in message.content else None
+    evaluation = evaluate_split(local, global_arrays, state, split, local_only)
+    sums = evaluation.sums
+    metrics: dict = {**sums.to_dict(), "num-examples": int(sums.count)}
+    if int(config.get(RETURN_RANKS, 0)):
+        if not source.simulated:
+            raise ValueError("per-sample ranks are a research-mode output of simulation only")
+        metrics["ranks"] = [int(r) for r in evaluation.ranks]
+        metrics["targets"] = [int(t) for t in evaluation.targets]
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)
+
+
+@app.query()
+@_safely
+def handle_query(message: Message, context: Context) -> Message:
+    """The client's data profile (optionally with local differential privacy)."""
+    config = _config(message)
+    source = _source(message, context)
+    profile = data_profile(source)
+    epsilon = float(config.get(LDP_EPSILON, 0.0))
+    if epsilon > 0:
+        # Simulated clients draw seeded noise (reproducible runs); a device draws from
+        # the OS entropy pool, so that nobody can recompute its noise.
+        rng = (
+            np.random.default_rng([int(config.get(SEED, 0)), source.key, 0x4C4450])
+            if source.simulated
+            else np.random.default_rng()
+        )
+        profile = privatize(profile, epsilon, float(config.get(LDP_RADIUS_KM, 50.0)), rng)
+    metrics = {**profile, CLIENT_KEY: source.key if source.simulated else -1}
+    return Message(RecordDict({PROFILE: MetricRecord(metrics)}), reply_to=message)

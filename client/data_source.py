@@ -1,0 +1,216 @@
+"""Where a client's data comes from: its slice of a simulated data set, or its own files.
+
+* **Simulation** (the node config has no ``data-path``): every instruction carries the
+  data set's description under ``"data-spec"`` (JSON, see
+  ``server.run_config.RunConfig.data_spec``). The worker process loads and
+  preprocesses that data set once (cached by the spec) and the node keeps the user at
+  index ``node_config["partition-id"]`` of ``Dataset.users``.
+* **Device** (the node config has ``data-path``): the node reads its own check-ins from
+  ``data-path`` (format ``data-format``: csv, tsmc2014 or snap; optional ``time-unit``)
+  and the public place table from ``places-path`` (CSV with columns ``location_id``,
+  ``latitude``, ``longitude``). The check-ins are preprocessed with the protocol of the
+  instruction's data spec (only its ``protocol`` is used); splits are then necessarily
+  computed from this user's own trajectories.
+
+Either way the client ends with a :class:`~fedgeo.data.partition.ClientData` whose place
+indices are those of the public place table, the same on every node and on the server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedgeo.data.dataset import Dataset, Places, UserData
+from fedgeo.data.errors import DataError
+from fedgeo.data.loading import load_dataset
+from fedgeo.data.partition import ClientData, client_data
+from fedgeo.data.protocol import ProtocolConfig
+from fedgeo.data.synthetic import SyntheticConfig
+
+DATA_SPEC = "data-spec"
+"""Instruction config key: JSON description of the simulated data set."""
+PARTITION_ID = "partition-id"
+DATA_PATH = "data-path"
+DATA_FORMAT = "data-format"
+TIME_UNIT = "time-unit"
+PLACES_PATH = "places-path"
+PLACE_COLUMNS = ("location_id", "latitude", "longitude")
+
+
+@dataclass(frozen=True)
+class ClientSource:
+    """One node's data and where it came from."""
+
+    data: ClientData
+    simulated: bool
+    """True when the data is a partition of a simulated data set."""
+    key: int
+    """Stable client key: the partition id in simulation, the node id on a device."""
+    places_key: str
+    """Identifies the public place table (for caches of derived objects)."""
+
+
+def spec_from_json(spec: str) -> dict[str, Any]:
+    """Parse a data spec; raises ``ValueError`` when it is not one."""
+    try:
+        parsed = json.loads(spec)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"'{DATA_SPEC}' is not valid JSON: {err}") from None
+    if not isinstance(parsed, dict) or "protocol" not in parsed:
+        raise ValueError(f"'{DATA_SPEC}' must be an object with a 'protocol' entry")
+    return parsed
+
+
+@lru_cache(maxsize=4)
+def simulation_dataset(spec: str) -> Dataset:
+    """The data set a spec describes, loaded once per process (keyed by the spec)."""
+    parsed = spec_from_json(spec)
+    protocol = ProtocolConfig(**parsed["protocol"])
+    if parsed.get("path"):
+        dataset, _ = load_dataset(
+            parsed["path"],
+            parsed.get("format", "csv"),
+            time_unit=parsed.get("time_unit"),
+            protocol=protocol,
+        )
+    else:
+        synthetic = SyntheticConfig(**_tuples(parsed.get("synthetic") or {}))
+        dataset, _ = load_dataset(None, protocol=protocol, synthetic=synthetic)
+    return dataset
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON turned the synthetic config's tuples into lists; turn them back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def read_places_csv(path: str | Path) -> Places:
+    """The public place table from a CSV with ``location_id``, ``latitude``, ``longitude``.
+
+    Places are put in sorted order of their id (the order the preprocessing protocol
+    gives them), so dense indices agree with a data set preprocessed on the server.
+    """
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise DataError(f"cannot read the place table: {err}", path=path) from None
+    missing = [c for c in PLACE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)}", path=path, line=1)
+    for column, bound in (("latitude", 90.0), ("longitude", 180.0)):
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~(np.abs(values) <= bound))
+        if len(bad):
+            raise DataError(
+                f"not a coordinate in [-{bound:g}, {bound:g}]: {frame[column].iloc[bad[0]]!r}",
+                path=path,
+                line=int(bad[0]) + 2,
+                field=column,
+            )
+    ids = frame["location_id"]
+    duplicated = np.flatnonzero(ids.duplicated().to_numpy())
+    if len(duplicated):
+        raise DataError(
+            f"place id {ids.iloc[duplicated[0]]!r} appears twice",
+            path=path,
+            line=int(duplicated[0]) + 2,
+            field="location_id",
+        )
+    order = _id_order(ids.to_numpy())
+    return Places(
+        ids=ids.to_numpy()[order],
+        latitude=frame["latitude"].to_numpy(dtype=np.float64)[order],
+        longitude=frame["longitude"].to_numpy(dtype=np.float64)[order],
+    )
+
+
+def _id_order(ids: np.ndarray) -> np.ndarray:
+    """Sorted order of ids; mixed types sort by (type name, text) like the protocol."""
+    try:
+        return np.argsort(ids, kind="stable")
+    except TypeError:
+        keys = [(type(v).__name__, str(v)) for v in ids]
+        return np.asarray(sorted(range(len(ids)), key=keys.__getitem__), dtype=np.int64)
+
+
+@lru_cache(maxsize=4)
+def device_user(
+    data_path: str, data_format: str, time_unit: str, places_path: str, protocol_json: str
+) -> ClientData:
+    """This device's user, with place indices of the public place table (cached)."""
+    places = read_places_csv(places_path)
+    protocol = ProtocolConfig(**json.loads(protocol_json))
+    dataset, _ = load_dataset(
+        data_path, data_format, time_unit=time_unit or None, protocol=protocol
+    )
+    if len(dataset.users) != 1:
+        raise DataError(
+            f"a device holds one user's check-ins, found {len(dataset.users)} users",
+            path=data_path,
+            field="user_id",
+        )
+    index = {str(pid): i for i, pid in enumerate(places.ids)}
+    local_ids = [str(pid) for pid in dataset.places.ids]
+    unknown = [pid for pid in local_ids if pid not in index]
+    if unknown:
+        raise DataError(
+            f"place id {unknown[0]!r} is not in the public place table {places_path}",
+            path=data_path,
+            field="location_id",
+        )
+    remap = np.asarray([index[pid] for pid in local_ids], dtype=np.int64)
+    user = dataset.users[0]
+    mapped = UserData(
+        user_id=user.user_id,
+        places=remap[user.places],
+        times=user.times,
+        local_offsets=user.local_offsets,
+        traj_start=user.traj_start,
+        train=user.train,
+        validation=user.validation,
+        test=user.test,
+    )
+    return ClientData(0, mapped, places)
+
+
+def client_source(
+    node_config: dict[str, Any], config: dict[str, Any], node_id: int
+) -> ClientSource:
+    """The node's data, from its node config (device) or the instruction (simulation)."""
+    spec = config.get(DATA_SPEC)
+    if node_config.get(DATA_PATH):
+        if not node_config.get(PLACES_PATH):
+            raise ValueError(f"node config has '{DATA_PATH}' but no '{PLACES_PATH}'")
+        protocol = spec_from_json(str(spec))["protocol"] if spec else ProtocolConfig().to_dict()
+        data = device_user(
+            str(node_config[DATA_PATH]),
+            str(node_config.get(DATA_FORMAT, "csv")),
+            str(node_config.get(TIME_UNIT, "")),
+            str(node_config[PLACES_PATH]),
+            json.dumps(protocol, sort_keys=True),
+        )
+        return ClientSource(data, False, int(node_id), f"places:{node_config[PLACES_PATH]}")
+    if spec is None:
+        raise ValueError(
+            f"no data: the instruction has no '{DATA_SPEC}' and the node config no '{DATA_PATH}'"
+        )
+    if PARTITION_ID not in node_config:
+        raise ValueError(f"simulated node without '{PARTITION_ID}' in its node config")
+    dataset = simulation_dataset(str(spec))
+    partition = int(node_config[PARTITION_ID])
+    if not 0 <= partition < len(dataset.users):
+        raise ValueError(
+            f"partition id {partition} outside the data set's {len(dataset.users)} users "
+            f"(set num-supernodes to {len(dataset.users)})"
+        )
+    return ClientSource(client_data(dataset, partition), True, partition, f"spec:{spec}")

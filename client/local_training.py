@@ -1,0 +1,303 @@
+"""What a client computes: its model, local training per strategy, evaluation, data profile.
+
+Everything here runs on the client's own data and returns only shared arrays, scalar
+metrics and the state to keep (see :mod:`client.state`). The model and the geographic
+prior are built once per worker process and copied per instruction.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.algorithms import (
+    TrainInstructions,
+    feddyn_regularizer,
+    feddyn_update_state,
+    proximal_term,
+    scaffold_correct_gradients,
+    scaffold_update_control,
+)
+from client.data_source import ClientSource
+from client.state import select, with_prefix
+from fedgeo.data.partition import client_profile
+from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
+from fedgeo.models import FeatureBuilder, ModelConfig, NextLocationModel, SampleIndex, build_model
+from fedgeo.training import Evaluation, TrainConfig, evaluate, train_local
+
+# Instruction-config keys read here (the server's side is server.loop).
+SEED = "seed"
+SERVER_ROUND = "server-round"
+MODEL_CONFIG = "model-config"
+PRIOR_CONFIG = "prior-config"
+PRIOR_CHECKSUM = "prior-checksum"
+SPLIT = "split"
+RETURN_RANKS = "return-ranks"
+LDP_EPSILON = "profile-ldp-epsilon"
+LDP_RADIUS_KM = "profile-ldp-radius-km"
+
+PROFILE_KEYS = ("checkins", "distinct_places", "entropy", "radius_of_gyration_km")
+"""The data profile a client reports (all scalars)."""
+
+
+class PriorMismatch(ValueError):
+    """The client's geographic prior is not the one the server built."""
+
+
+@dataclass
+class LocalModel:
+    """A fresh copy of the model for this client, with its feature builder."""
+
+    model: NextLocationModel
+    features: FeatureBuilder
+    source: ClientSource
+
+    @property
+    def users(self) -> list:
+        return [self.source.data.user]
+
+
+def client_seed(seed: int, server_round: int, client_key: int) -> int:
+    """The client's training seed: a function of (run seed, round, client) only."""
+    words = np.random.SeedSequence([int(seed), int(server_round), int(client_key)])
+    return int(words.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+_PRIORS: dict[tuple[str, str], AdjacencyPrior] = {}
+_TEMPLATES: dict[tuple[str, str, str], tuple[NextLocationModel, FeatureBuilder]] = {}
+_CACHE_SIZE = 4
+
+
+def _cached(cache: dict, key: tuple, build):
+    """``cache[key]``, built on first use; the cache keeps its newest entries only."""
+    if key not in cache:
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = build()
+    return cache[key]
+
+
+def prior_for(source: ClientSource, prior_json: str) -> AdjacencyPrior:
+    """The geographic prior of the client's public place table (built once per process)."""
+    return _cached(
+        _PRIORS,
+        (source.places_key, prior_json),
+        lambda: AdjacencyPrior.from_places(
+            source.data.places, PriorConfig(**json.loads(prior_json))
+        ),
+    )
+
+
+def local_model(source: ClientSource, config: Mapping[str, Any]) -> LocalModel:
+    """A copy of the model the instruction describes, after checking the prior.
+
+    Raises :class:`PriorMismatch` when the prior built from this client's public place
+    table has another checksum than the server's (``prior-checksum``).
+    """
+    model_json = str(config.get(MODEL_CONFIG, "{}"))
+    prior_json = str(config.get(PRIOR_CONFIG, "{}"))
+    model_config = ModelConfig.from_dict(json.loads(model_json))
+    prior = None
+    if model_config.uses_prior:
+        prior = prior_for(source, prior_json)
+        expected = str(config.get(PRIOR_CHECKSUM, ""))
+        if prior.checksum() != expected:
+            raise PriorMismatch(
+                f"geographic prior checksum mismatch: server {expected!r}, this client "
+                f"{prior.checksum()!r} (different public place table or prior settings)"
+            )
+    model, features = _cached(
+        _TEMPLATES,
+        (source.places_key, model_json, prior_json),
+        lambda: build_model(len(source.data.places), 1, model_config, prior, seed=0),
+    )
+    return LocalModel(copy.deepcopy(model), features, source)
+
+
+def _tensors(
+    arrays: Mapping[str, Any], like: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Arrays (or tensors) as tensors; with ``like``, each in the dtype and shape of its
+    counterpart (received arrays may come as float64, or a scalar as a 1-element vector)."""
+    out = {}
+    for key, value in arrays.items():
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().clone()
+        else:
+            tensor = torch.from_numpy(np.array(value, copy=True))
+        if like is not None and key in like and tensor.numel() == like[key].numel():
+            tensor = tensor.reshape(like[key].shape).to(like[key].dtype)
+        out[key] = tensor
+    return out
+
+
+def prepare(
+    local: LocalModel,
+    global_arrays: Mapping[str, np.ndarray] | None,
+    state: Mapping[str, np.ndarray],
+    local_only: bool,
+) -> None:
+    """Load the model to use: the client's own full model (local-only, once it has one),
+    else the global shared arrays plus the client's personal parameters."""
+    reference = local.model.state_dict()
+    own = select(state, "local")
+    if local_only and own:
+        local.model.load_state_dict(_tensors(own, reference), strict=False)
+        return
+    if global_arrays is not None:
+        local.model.load_shared_state(_tensors(global_arrays, reference))
+    personal = select(state, "personal")
+    if personal:
+        local.model.load_personal_state(_tensors(personal, reference))
+
+
+@dataclass
+class TrainOutcome:
+    """A train round's results: what to send and what to keep."""
+
+    arrays: dict[str, np.ndarray] | None
+    """Trained shared arrays (None for local-only: nothing leaves the device)."""
+    metrics: dict[str, int | float]
+    control_delta: dict[str, np.ndarray] | None
+    state: dict[str, np.ndarray]
+
+
+def train_config(config: Mapping[str, Any], seed: int) -> TrainConfig:
+    """The local optimization settings of a train instruction."""
+    return TrainConfig(
+        epochs=int(config.get("local-epochs", 1)),
+        batch_size=int(config.get("batch-size", 64)),
+        lr=float(config.get("lr", 2e-3)),
+        optimizer=str(config.get("optimizer", "adam")),
+        weight_decay=float(config.get("weight-decay", 0.0)),
+        grad_clip=float(config.get("grad-clip", 5.0)),
+        seed=seed,
+    )
+
+
+def train(
+    local: LocalModel,
+    global_arrays: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    instructions: TrainInstructions,
+    cfg: TrainConfig,
+) -> TrainOutcome:
+    """One round of local training with the strategy's client side.
+
+    FedProx/FedGeo add the proximal term, FedDyn its regularizer (and update ``g_i``),
+    SCAFFOLD corrects gradients with ``c - c_i`` (and updates ``c_i``); local-only
+    trains the client's own model and sends no arrays.
+    """
+    prepare(local, global_arrays, state, instructions.local_only)
+    model = local.model
+    anchor = _tensors(global_arrays, model.state_dict())
+    algorithm = instructions.algorithm
+    extra_loss = after_backward = None
+    feddyn_g = _tensors(select(state, "feddyn")) or None
+    c_local = _tensors(select(state, "scaffold")) or None
+    if algorithm == "proximal":
+        mu = instructions.proximal_mu
+
+        def extra_loss(m):
+            return proximal_term(m.shared_parameters(), anchor, mu)
+    elif algorithm == "feddyn":
+        alpha = float(instructions.feddyn_alpha)
+
+        def extra_loss(m):
+            return feddyn_regularizer(m.shared_parameters(), anchor, feddyn_g, alpha)
+    elif algorithm == "scaffold":
+        c_global = _tensors(instructions.server_control, model.state_dict())
+
+        def after_backward(m):
+            scaffold_correct_gradients(m.shared_parameters(), c_global, c_local)
+
+    metrics = train_local(
+        model,
+        local.features,
+        local.users,
+        cfg,
+        extra_loss=extra_loss,
+        after_backward=after_backward,
+    )
+    new_state = dict(state)
+    control_delta = None
+    if algorithm == "feddyn":
+        g = feddyn_update_state(feddyn_g, model.shared_parameters(), anchor, float(alpha))
+        new_state.update(with_prefix("feddyn", g))
+    elif algorithm == "scaffold":
+        c_new, delta = scaffold_update_control(
+            c_local, c_global, anchor, model.shared_parameters(), cfg.lr, int(metrics["steps"])
+        )
+        new_state.update(with_prefix("scaffold", c_new))
+        control_delta = {k: v.detach().cpu().numpy() for k, v in delta.items()}
+    if instructions.local_only:
+        new_state.update(with_prefix("local", model.state_dict()))
+    else:
+        new_state.update(with_prefix("personal", model.personal_state()))
+    arrays = None
+    if not instructions.local_only:
+        arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
+    reply_metrics = {
+        "num-examples": int(metrics["num-examples"]),
+        "train-loss": float(metrics["train-loss"]),
+        "steps": int(metrics["steps"]),
+    }
+    return TrainOutcome(arrays, reply_metrics, control_delta, new_state)
+
+
+def evaluate_split(
+    local: LocalModel,
+    global_arrays: Mapping[str, np.ndarray] | None,
+    state: Mapping[str, np.ndarray],
+    split: str,
+    local_only: bool,
+) -> Evaluation:
+    """Ranks of the client's own samples of ``split`` with the model it would use."""
+    prepare(local, global_arrays, state, local_only)
+    return evaluate(local.model, local.features, SampleIndex(local.users), split)
+
+
+def data_profile(source: ClientSource) -> dict[str, float]:
+    """The client's data profile (:data:`PROFILE_KEYS`), exact."""
+    profile = client_profile(source.data.user, source.data.places)
+    return {key: float(profile[key]) for key in PROFILE_KEYS}
+
+
+def privatize(
+    profile: Mapping[str, float],
+    epsilon: float,
+    radius_bound_km: float,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """``epsilon``-LDP version of a profile (Laplace mechanism; see docs/federation.md).
+
+    Neighbouring inputs differ in one check-in. Sensitivities: 1 for ``checkins`` and
+    ``distinct_places``; the whole range for the bounded ``entropy`` ([0, 1]) and the
+    clipped ``radius_of_gyration_km`` ([0, radius_bound_km]). The budget is split
+    equally over the four values (each gets ``epsilon / 4``); results are clipped back
+    to their ranges (post-processing keeps the guarantee).
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if not radius_bound_km > 0:
+        raise ValueError(f"radius bound must be > 0, got {radius_bound_km}")
+    share = epsilon / len(PROFILE_KEYS)
+    bounds = {
+        "checkins": (1.0, 0.0, math.inf),
+        "distinct_places": (1.0, 0.0, math.inf),
+        "entropy": (1.0, 0.0, 1.0),
+        "radius_of_gyration_km": (radius_bound_km, 0.0, radius_bound_km),
+    }
+    out = {}
+    for key, (sensitivity, lo, hi) in bounds.items():
+        value = min(max(float(profile[key]), lo), hi)
+        noisy = value + rng.laplace(0.0, sensitivity / share)
+        out[key] = float(min(max(noisy, lo), hi))
+    return out

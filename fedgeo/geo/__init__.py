@@ -1,0 +1,1 @@
+"""Geography: the adjacency prior, prior embeddings, places as a GeoDataFrame."""

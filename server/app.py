@@ -1,0 +1,162 @@
+"""FedGeo's Flower ServerApp: prepare the federation, then run the round loop.
+
+The server builds the geographic prior from the **public** place table (the data set's
+place table in simulation, the ``places-path`` CSV in a deployment), initializes the
+model with :func:`fedgeo.models.build_model` (seeded by the prior's spectral embedding)
+and sends clients the prior's settings and checksum with every instruction, together
+with the model configuration, the local-training settings and, for simulated clients,
+the data set's description (``data-spec``). See docs/federation.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedgeo.data.dataset import Dataset, Places
+from fedgeo.data.errors import DataError
+from fedgeo.data.loading import load_dataset
+from fedgeo.data.protocol import ProtocolConfig
+from fedgeo.data.synthetic import SyntheticConfig
+from fedgeo.geo.prior import AdjacencyPrior
+from fedgeo.models import build_model
+from server.loop import Federation, Setup
+from server.run_config import RunConfig
+
+
+@lru_cache(maxsize=2)
+def _dataset(
+    path: Path | None,
+    data_format: str,
+    time_unit: str | None,
+    protocol: ProtocolConfig,
+    synthetic: SyntheticConfig | None,
+) -> Dataset:
+    if path is None:
+        return load_dataset(None, protocol=protocol, synthetic=synthetic)[0]
+    return load_dataset(path, data_format, time_unit=time_unit, protocol=protocol)[0]
+
+
+def simulation_dataset(config: RunConfig) -> Dataset:
+    """The data set of a simulation (loaded once per process and data description)."""
+    return _dataset(
+        config.data_path,
+        str(config["data-format"]),
+        config.time_unit,
+        config.protocol,
+        config.synthetic,
+    )
+
+
+def read_places(path: Path) -> Places:
+    """The public place table (CSV: ``location_id``, ``latitude``, ``longitude``), in
+    sorted id order like the preprocessing protocol."""
+    frame = pd.read_csv(path)
+    missing = {"location_id", "latitude", "longitude"} - set(frame.columns)
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(sorted(missing))}", path=path, line=1)
+    frame = frame.sort_values("location_id", kind="stable")
+    return Places(
+        ids=frame["location_id"].to_numpy(),
+        latitude=frame["latitude"].to_numpy(dtype=np.float64),
+        longitude=frame["longitude"].to_numpy(dtype=np.float64),
+    )
+
+
+def prepare(config: RunConfig) -> Setup:
+    """Public place table, prior, initial model and the instruction config."""
+    dataset = None
+    if config.places_path is not None:
+        places = read_places(config.places_path)
+    else:
+        dataset = simulation_dataset(config)
+        places = dataset.places
+    model_config = config.model
+    prior = AdjacencyPrior.from_places(places, config.prior) if model_config.uses_prior else None
+    model, _ = build_model(len(places), 1, model_config, prior, seed=config.seed)
+    arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
+    prior_json = json.dumps(dataclasses.asdict(config.prior), sort_keys=True)
+    instruction: dict[str, Any] = {
+        "seed": config.seed,
+        "data-spec": config.data_spec(),
+        "model-config": json.dumps(model_config.to_dict(), sort_keys=True),
+        "prior-config": prior_json,
+        "prior-checksum": prior.checksum() if prior is not None else "",
+        "run-key": config.run_key(),
+        "client-state-dir": config.client_state_dir(),
+        "profile-ldp-epsilon": float(config["profile-ldp-epsilon"]),
+        "profile-ldp-radius-km": float(config["profile-ldp-radius-km"]),
+        **config.train_settings(),
+    }
+    describe: dict[str, Any] = {
+        "places": len(places),
+        "prior": {
+            "checksum": instruction["prior-checksum"] or None,
+            "config": json.loads(prior_json),
+        },
+        "model": model_config.to_dict(),
+    }
+    setup = Setup(config, arrays, instruction, describe=describe)
+    if dataset is not None:
+        setup.expected_nodes = len(dataset.users)
+        setup.user_ids = [u.user_id for u in dataset.users]
+        setup.place_ids = dataset.places.ids
+        describe["dataset"] = {
+            "name": dataset.name,
+            "users": len(dataset.users),
+            "places": dataset.num_places,
+            "samples": {s: dataset.num_samples(s) for s in ("train", "validation", "test")},
+        }
+    return setup
+
+
+def run_server(
+    grid: Grid,
+    values: Mapping[str, Any],
+    *,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Federation:
+    """Run one federation on ``grid`` with the flat run config ``values``; return it
+    (``.final_arrays`` holds the final global arrays, results are in its out-dir)."""
+    config = RunConfig.from_mapping(values)
+    federation = Federation(grid, prepare(config), on_round=on_round, stop=stop)
+    federation.run()
+    return federation
+
+
+def make_server_app(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
+) -> ServerApp:
+    """A ServerApp running with ``context.run_config`` updated by ``overrides``
+    (``fedgeo simulate`` passes its options this way: ``run_simulation`` gives the
+    ServerApp an empty run config)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(
+            grid,
+            {**dict(context.run_config), **dict(overrides or {})},
+            on_round=on_round,
+            stop=stop,
+        )
+
+    return server_app
+
+
+app = make_server_app()
+"""The ServerApp of ``flwr run .`` (pyproject: ``serverapp = "server.app:app"``)."""

@@ -1,0 +1,493 @@
+"""The server's round loop: nodes, rounds, federated evaluation, checkpoints, results.
+
+FedGeo drives the strategy's hooks itself instead of ``Strategy.start`` so that it can
+checkpoint every round, resume, evaluate every ``eval-every`` rounds, count failures and
+time rounds:
+
+1. *Nodes.* Wait for the nodes, send every node a ``query`` and keep those that answer.
+   Each gets a **stable id**: ``1 + partition id`` for a simulated node, its Flower node
+   id on a device. Flower draws fresh random node ids in every simulation, so the
+   strategies see the nodes only through :class:`NodeView`, which renames them; node
+   sampling then depends only on ``(seed, round, node)`` and a resumed run samples the
+   same clients. The replies' data profiles go to ``strategy.set_profiles`` (FedGeo).
+2. *Round r.* ``seed_round(seed, r)``; ``configure_train`` -> ``send_and_receive`` ->
+   ``aggregate_train``. Error replies are counted as failures; with fewer than
+   ``min-replies`` good replies, or when aggregation fails, the round keeps the previous
+   arrays (logged, never a crash). Every ``eval-every`` rounds and in the last round:
+   ``configure_evaluate`` -> ``aggregate_evaluate`` on the validation split, with
+   metrics micro-averaged from the clients' sums. Then a checkpoint.
+3. *End.* Every node evaluates the final model on its test samples; ``results.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+from flwr.serverapp.strategy import Strategy
+
+from fedgeo.metrics import MetricSums
+from server.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    write_results,
+)
+from server.run_config import RunConfig
+from server.strategies import build_strategy, restore_strategy_state, seed_round, strategy_state
+
+logger = logging.getLogger("fedgeo.server")
+
+PROFILE = "profile"
+CLIENT_KEY = "client-key"
+SPLIT = "split"
+RETURN_RANKS = "return-ranks"
+SERVER_ROUND = "server-round"
+PULL_INTERVAL = 0.05
+SETTLE_S = 3.0
+
+
+class Stopped(RuntimeError):
+    """The run was asked to stop (Ctrl-C in ``fedgeo simulate``)."""
+
+
+class NodeView(Grid):
+    """A grid whose nodes carry stable ids (see the module docstring).
+
+    Strategies and the loop address nodes by stable id; messages are renamed on the
+    way out (``dst_node_id``) and replies on the way back (``src_node_id``).
+    ``send_and_receive`` polls for replies itself so that a ``stop`` event or the
+    timeout ends the wait.
+    """
+
+    def __init__(
+        self, grid: Grid, real_to_stable: Mapping[int, int], stop: threading.Event | None = None
+    ) -> None:
+        self.grid = grid
+        self.to_stable = dict(real_to_stable)
+        self.to_real = {s: r for r, s in self.to_stable.items()}
+        self.stop = stop
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.to_real)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        outgoing = []
+        for message in messages:
+            message.metadata.dst_node_id = self.to_real[int(message.metadata.dst_node_id)]
+            outgoing.append(message)
+        return list(self.grid.push_messages(outgoing))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        replies = list(self.grid.pull_messages(message_ids))
+        for reply in replies:
+            # Metadata has no setter for the source; Flower itself writes __dict__ here.
+            real = int(reply.metadata.src_node_id)
+            reply.metadata.__dict__["_src_node_id"] = self.to_stable.get(real, real)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            if self.stop is not None and self.stop.is_set():
+                raise Stopped("the run was stopped")
+            got = self.pull_messages(pending)
+            replies.extend(got)
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(PULL_INTERVAL)
+        # Arrival order varies; aggregation sums floats in reply order, so fix it.
+        return sorted(replies, key=lambda m: int(m.metadata.src_node_id))
+
+
+@dataclass
+class Setup:
+    """What the server prepared before the rounds (see ``server.app.prepare``)."""
+
+    config: RunConfig
+    arrays: dict[str, np.ndarray]
+    """Initial global shared arrays."""
+    instruction: dict[str, Any]
+    """Config entries every instruction carries."""
+    expected_nodes: int | None = None
+    """Simulation: the number of users (one node each); None on a deployment."""
+    describe: dict[str, Any] = field(default_factory=dict)
+    """Data set and prior facts for results.json."""
+    user_ids: list[Any] | None = None
+    """Simulation: user id of each partition (for research-mode predictions)."""
+    place_ids: np.ndarray | None = None
+    """Simulation: original id of each dense place index."""
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: np.array(v.numpy(), copy=True) for k, v in record.items()}
+
+
+def conform(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """``record`` with each array in the shape of the model's array of the same name.
+
+    Some aggregations hand back a scalar parameter as a 1-element vector; that is
+    reshaped. Raises ``ValueError`` when names or sizes differ from the model's.
+    """
+    arrays = to_numpy(record)
+    if set(arrays) != set(reference):
+        raise ValueError(
+            f"aggregated arrays {sorted(arrays)} are not the model's {sorted(reference)}"
+        )
+    for key, value in arrays.items():
+        shape = np.shape(reference[key])
+        if value.size != int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"aggregated array '{key}' has shape {value.shape}, model {shape}")
+        arrays[key] = value.reshape(shape)
+    return to_record(arrays)
+
+
+def micro_average(records: list[RecordDict], weighted_by_key: str = "") -> MetricRecord:
+    """Exact micro-averaged ranking metrics from the clients' additive sums (usable as a
+    strategy's ``evaluate_metrics_aggr_fn``); float sums use ``math.fsum``, so the
+    result does not depend on the order of the replies."""
+    parts = [MetricSums.from_dict(dict(next(iter(r.metric_records.values())))) for r in records]
+    total = MetricSums(
+        count=sum(p.count for p in parts),
+        hits1=sum(p.hits1 for p in parts),
+        hits5=sum(p.hits5 for p in parts),
+        hits10=sum(p.hits10 for p in parts),
+        rr_sum=math.fsum(p.rr_sum for p in parts),
+        ndcg10_sum=math.fsum(p.ndcg10_sum for p in parts),
+    )
+    return MetricRecord(total.finalize())
+
+
+def _split(replies: list[Message]) -> tuple[list[Message], list[str]]:
+    good = [m for m in replies if not m.has_error()]
+    errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+    return good, errors
+
+
+def wait_for_nodes(
+    grid: Grid, wanted: int, minimum: int, wait_s: float, stop: threading.Event | None = None
+) -> list[int]:
+    """The connected node ids once ``wanted`` nodes are there, or once at least
+    ``minimum`` are there and their number has not changed for ``SETTLE_S`` seconds
+    (a simulation registers all its nodes at once). Raises RuntimeError when fewer than
+    ``minimum`` nodes connect within ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        now = time.monotonic()
+        if len(nodes) != last_count:
+            last_count, last_change = len(nodes), now
+        if len(nodes) >= wanted:
+            return nodes
+        if len(nodes) >= minimum and (now - last_change >= SETTLE_S or now >= deadline):
+            logger.warning("only %d of %d nodes connected; going on with them", len(nodes), wanted)
+            return nodes
+        if now >= deadline:
+            raise RuntimeError(
+                f"only {len(nodes)} node(s) connected after {wait_s:g} s, need {minimum} "
+                f"(of {wanted} expected; check num-supernodes / the SuperNodes)"
+            )
+        if stop is not None and stop.is_set():
+            raise Stopped("the run was stopped")
+        time.sleep(0.1)
+
+
+def discover_nodes(
+    grid: Grid, setup: Setup, stop: threading.Event | None = None
+) -> tuple[NodeView, dict[int, dict[str, float]], list[str]]:
+    """Wait for the nodes, query their profiles, and name them by stable id."""
+    cfg = setup.config
+    minimum = max(
+        int(cfg["min-available-nodes"]), int(cfg["min-train-nodes"]), int(cfg["min-evaluate-nodes"])
+    )
+    wanted = setup.expected_nodes or minimum
+    nodes = wait_for_nodes(grid, wanted, minimum, float(cfg["node-wait"]), stop)
+    messages = [
+        Message(RecordDict({"config": ConfigRecord(setup.instruction)}), node, "query")
+        for node in nodes
+    ]
+    identity = NodeView(grid, {n: n for n in nodes}, stop)
+    good, errors = _split(identity.send_and_receive(messages, timeout=cfg.round_timeout))
+    mapping: dict[int, int] = {}
+    profiles: dict[int, dict[str, float]] = {}
+    for reply in good:
+        profile = dict(reply.content[PROFILE])
+        key = int(profile.pop(CLIENT_KEY, -1))
+        real = int(reply.metadata.src_node_id)
+        stable = key + 1 if key >= 0 else real
+        if stable in profiles:
+            errors.append(f"node {real}: client key {key} already taken; node left out")
+            continue
+        mapping[real] = stable
+        profiles[stable] = {k: float(v) for k, v in profile.items()}
+    for error in errors:
+        logger.warning("query failed: %s", error)
+    if len(mapping) < minimum:
+        raise RuntimeError(
+            f"only {len(mapping)} node(s) answered the profile query, need {minimum}"
+            + (f"; first error: {errors[0]}" if errors else "")
+        )
+    return NodeView(grid, mapping, stop), profiles, errors
+
+
+def _participation(strategy: Strategy, server_round: int, sampled: list[int]) -> dict[str, Any]:
+    info: dict[str, Any] = {"sampled": len(sampled), "nodes": sampled}
+    log = getattr(strategy, "participation", None)
+    if isinstance(log, dict) and server_round in log:
+        probs = np.asarray(log[server_round].get("probabilities", []), dtype=np.float64)
+        if len(probs):
+            info["probability_mean"] = float(probs.mean())
+            info["probability_min"] = float(probs.min())
+        info["sampling"] = log[server_round].get("sampling")
+    return info
+
+
+def _probabilities(strategy: Strategy) -> dict[str, Any] | None:
+    probs = getattr(strategy, "probabilities", None)
+    if not probs:
+        return None
+    values = np.asarray(list(probs.values()), dtype=np.float64)
+    return {
+        "nodes": len(values),
+        "min": float(values.min()),
+        "mean": float(values.mean()),
+        "max": float(values.max()),
+        "below_half": int((values < 0.5).sum()),
+        "by_node": {str(k): float(v) for k, v in sorted(probs.items())},
+    }
+
+
+class Federation:
+    """One federated run on a grid (see the module docstring)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        setup: Setup,
+        *,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.grid = grid
+        self.setup = setup
+        self.cfg = setup.config
+        self.on_round = on_round
+        self.stop = stop
+        self.strategy = build_strategy(self.cfg.strategy, self.cfg.values, seed=self.cfg.seed)
+        self.final_arrays: dict[str, np.ndarray] | None = None
+        """The global arrays at the end of :meth:`run`."""
+        self.test_failures = 0
+        if hasattr(self.strategy, "evaluate_metrics_aggr_fn"):
+            self.strategy.evaluate_metrics_aggr_fn = micro_average
+
+    def instruction(self, server_round: int, **extra: Any) -> ConfigRecord:
+        return ConfigRecord({**self.setup.instruction, SERVER_ROUND: server_round, **extra})
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) the rounds, the final test and write the results."""
+        cfg, out_dir = self.cfg, self.cfg.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        arrays, results, start = self._start()
+        view, profiles, query_errors = discover_nodes(self.grid, self.setup, self.stop)
+        if hasattr(self.strategy, "set_profiles"):
+            self.strategy.set_profiles(profiles)
+        results["nodes"] = {
+            "federated": len(view.get_node_ids()),
+            "query_failures": len(query_errors),
+        }
+        for server_round in range(start, cfg.num_rounds + 1):
+            record, arrays = self._round(view, server_round, arrays)
+            results["rounds"].append(record)
+            if record.get("evaluate"):
+                results["evaluation"].append({"round": server_round, **record["evaluate"]})
+                results["validation"] = record["evaluate"]
+            results["participation"]["per_round"].append(record["participation"]["sampled"])
+            results["participation"]["probabilities"] = _probabilities(self.strategy)
+            results["timings_s"]["rounds"].append(record["seconds"])
+            save_checkpoint(
+                out_dir,
+                Checkpoint(
+                    server_round=server_round,
+                    arrays=to_numpy(arrays),
+                    strategy_state=strategy_state(self.strategy),
+                    results=results,
+                    config=dict(cfg.values),
+                    rng=rng_states(),
+                ),
+            )
+            write_results(out_dir, results)
+            if self.on_round is not None:
+                self.on_round(record)
+        t0 = time.perf_counter()
+        results["test"] = self._final_test(view, arrays)
+        results["test_failures"] = self.test_failures
+        results["timings_s"]["final_test"] = time.perf_counter() - t0
+        results["timings_s"]["total"] = results["timings_s"].get("total", 0.0) + (
+            time.perf_counter() - started
+        )
+        write_results(out_dir, results)
+        self.final_arrays = to_numpy(arrays)
+        return results
+
+    def _start(self) -> tuple[ArrayRecord, dict[str, Any], int]:
+        """Fresh arrays and results, or those of the checkpoint when resuming."""
+        cfg = self.cfg
+        checkpoint = load_checkpoint(cfg.out_dir) if bool(cfg["resume"]) else None
+        if checkpoint is None:
+            if bool(cfg["resume"]):
+                logger.warning("resume: no checkpoint in %s; starting from round 1", cfg.out_dir)
+            results: dict[str, Any] = {
+                "method": "federated",
+                "strategy": cfg.strategy,
+                "config": dict(cfg.values),
+                **self.setup.describe,
+                "rounds": [],
+                "evaluation": [],
+                "validation": None,
+                "participation": {"per_round": [], "probabilities": None},
+                "timings_s": {"rounds": []},
+                "resumed_at": [],
+            }
+            return to_record(self.setup.arrays), results, 1
+        differences = cfg.differences(checkpoint.config)
+        if differences:
+            raise ValueError(
+                f"cannot resume {cfg.out_dir}: the run config differs from the checkpoint's "
+                f"in {', '.join(differences)}"
+            )
+        restore_strategy_state(self.strategy, checkpoint.strategy_state)
+        restore_rng_states(checkpoint.rng)
+        results = checkpoint.results
+        results["config"] = dict(cfg.values)
+        results["resumed_at"].append(checkpoint.server_round + 1)
+        results["timings_s"]["total"] = sum(results["timings_s"]["rounds"])
+        logger.info("resuming %s after round %d", cfg.out_dir, checkpoint.server_round)
+        return to_record(checkpoint.arrays), results, checkpoint.server_round + 1
+
+    def _round(
+        self, view: NodeView, server_round: int, arrays: ArrayRecord
+    ) -> tuple[dict[str, Any], ArrayRecord]:
+        """Train (and maybe validate) one round; returns its record and the new arrays."""
+        t0 = time.perf_counter()
+        record, arrays = self._train(view, server_round, arrays)
+        record["evaluate"] = None
+        if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_rounds:
+            record["evaluate"] = self._evaluate(view, server_round, arrays)
+        record["seconds"] = time.perf_counter() - t0
+        return record, arrays
+
+    def _train(
+        self, view: NodeView, server_round: int, arrays: ArrayRecord
+    ) -> tuple[dict[str, Any], ArrayRecord]:
+        cfg, strategy = self.cfg, self.strategy
+        seed_round(cfg.seed, server_round)
+        config = self.instruction(server_round)
+        messages = list(strategy.configure_train(server_round, arrays, config, view))
+        sampled = sorted(int(m.metadata.dst_node_id) for m in messages)
+        replies = view.send_and_receive(messages, timeout=cfg.round_timeout) if messages else []
+        good, errors = _split(replies)
+        record: dict[str, Any] = {
+            "round": server_round,
+            "replies": len(good),
+            "failures": len(errors),
+            "missing": len(messages) - len(replies),
+            "errors": errors[:5],
+            "skipped": None,
+            "train": None,
+        }
+        if len(good) < int(cfg["min-replies"]):
+            record["skipped"] = f"{len(good)} good replies, need {cfg['min-replies']}"
+        else:
+            try:
+                new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+                if new_arrays is not None:
+                    arrays = conform(new_arrays, self.setup.arrays)
+                else:
+                    record["skipped"] = "the strategy returned no arrays"
+                record["train"] = dict(metrics) if metrics is not None else None
+            except (AggregationError, InconsistentMessageReplies, ValueError) as err:
+                record["skipped"] = f"aggregation failed: {err}"
+        if record["skipped"]:
+            logger.warning("round %d keeps the previous model: %s", server_round, record["skipped"])
+        record["participation"] = _participation(strategy, server_round, sampled)
+        return record, arrays
+
+    def _evaluate(self, view: NodeView, server_round: int, arrays: ArrayRecord) -> dict | None:
+        seed_round(self.cfg.seed, server_round)
+        config = self.instruction(server_round, **{SPLIT: "validation"})
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, view))
+        if not messages:
+            return None
+        replies = view.send_and_receive(messages, timeout=self.cfg.round_timeout)
+        try:
+            metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        except (AggregationError, InconsistentMessageReplies, ValueError) as err:
+            logger.warning("round %d: evaluation not aggregated: %s", server_round, err)
+            return None
+        return dict(metrics) if metrics is not None else None
+
+    def _final_test(self, view: NodeView, arrays: ArrayRecord) -> dict[str, Any]:
+        """Every node evaluates the final model on its test samples (with per-sample
+        ranks in research mode); writes predictions.csv in research mode."""
+        cfg = self.cfg
+        research = bool(cfg["research-mode"]) and self.setup.user_ids is not None
+        extra = {SPLIT: "test", RETURN_RANKS: int(research)}
+        config = self.instruction(cfg.num_rounds, **extra)
+        seed_round(cfg.seed, cfg.num_rounds)
+        template = list(self.strategy.configure_evaluate(cfg.num_rounds, arrays, config, view))
+        content = (
+            template[0].content if template else RecordDict({"arrays": arrays, "config": config})
+        )
+        messages = [Message(content, node, "evaluate") for node in view.get_node_ids()]
+        good, errors = _split(view.send_and_receive(messages, timeout=cfg.round_timeout))
+        for error in errors:
+            logger.warning("final test failed: %s", error)
+        self.test_failures = len(errors)
+        if research and good:
+            self._write_predictions(good)
+        return dict(micro_average([m.content for m in good]))
+
+    def _write_predictions(self, replies: list[Message]) -> None:
+        from fedgeo.results import write_predictions_csv
+
+        users, targets, ranks = [], [], []
+        for reply in replies:
+            metrics = next(iter(reply.content.metric_records.values()))
+            user = self.setup.user_ids[int(reply.metadata.src_node_id) - 1]
+            for target, rank in zip(metrics["targets"], metrics["ranks"], strict=True):
+                users.append(user)
+                targets.append(self.setup.place_ids[int(target)])
+                ranks.append(int(rank))
+        write_predictions_csv(self.cfg.out_dir, users, targets, ranks)

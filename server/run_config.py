@@ -1,0 +1,303 @@
+"""The run configuration of a federation: flat Flower run-config keys and their parsing.
+
+``flwr run .`` fills ``context.run_config`` from ``[tool.flwr.app.config]`` in
+pyproject.toml (which mirrors :data:`DEFAULTS`) and ``--run-config``; ``fedgeo simulate``
+passes its options as overrides of :data:`DEFAULTS`. Either way :meth:`RunConfig.from_mapping`
+turns the flat dict into typed settings. Keys with a section prefix map to dataclass
+fields (dashes for underscores): ``model-*`` -> :class:`~fedgeo.models.ModelConfig`,
+``protocol-*`` -> :class:`~fedgeo.data.protocol.ProtocolConfig`, ``synthetic-*`` ->
+:class:`~fedgeo.data.synthetic.SyntheticConfig`, ``prior-*`` ->
+:class:`~fedgeo.geo.prior.PriorConfig`. Strategy keys are read by
+:func:`server.strategies.build_strategy`. The full table is in docs/federation.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedgeo.data.protocol import ProtocolConfig
+from fedgeo.data.synthetic import SyntheticConfig
+from fedgeo.geo.prior import PriorConfig
+from fedgeo.models import ModelConfig
+from server.strategies.registry import PARAMETERS, coerce
+
+Scalar = bool | int | float | str
+
+DEFAULTS: dict[str, Scalar] = {
+    # rounds, outputs, robustness
+    "num-rounds": 3,
+    "eval-every": 1,
+    "seed": 0,
+    "out-dir": "outputs/fedgeo",
+    "resume": False,
+    "research-mode": False,
+    "round-timeout": 0.0,
+    "min-replies": 1,
+    "node-wait": 60.0,
+    "client-state-dir": "",
+    # strategy (read by server.strategies.build_strategy)
+    "strategy": "fedgeo",
+    "fraction-train": 1.0,
+    "fraction-evaluate": 1.0,
+    "min-train-nodes": 2,
+    "min-evaluate-nodes": 2,
+    "min-available-nodes": 2,
+    "proximal-mu": 0.01,
+    "server-lr": 1.0,
+    "server-momentum": 0.9,
+    "alpha": 0.01,
+    "fedgeo-exclusion": True,
+    "fedgeo-exclusion-by": "distinct_places",
+    "fedgeo-floor": 0.05,
+    "fedgeo-midpoint": 4.0,
+    "fedgeo-slope": 1.0,
+    "fedgeo-entropy-midpoint": 0.5,
+    "fedgeo-entropy-slope": 0.1,
+    "fedgeo-aggregation": "geometric-median",
+    "fedgeo-drift-scale": 1.0,
+    "fedgeo-median-iters": 100,
+    "fedgeo-median-tol": 1e-6,
+    # local training (sent to the clients in every train instruction)
+    "local-epochs": 1,
+    "batch-size": 64,
+    "lr": 0.002,
+    "optimizer": "adam",
+    "weight-decay": 0.0,
+    "grad-clip": 5.0,
+    # data (simulation: every client loads the same data set and keeps its own user)
+    "data-path": "",
+    "data-format": "csv",
+    "time-unit": "",
+    "places-path": "",
+    "synthetic-seed": 0,
+    "synthetic-num-users": 12,
+    "synthetic-num-places": 200,
+    "synthetic-days": 60,
+    "protocol-split": "global",
+    "protocol-gap-hours": 24.0,
+    "protocol-train-frac": 0.8,
+    "protocol-val-frac": 0.1,
+    "protocol-min-user-checkins": 0,
+    "protocol-min-place-checkins": 0,
+    # geographic prior
+    "prior-k": 10,
+    # model
+    "model-embedding-dim": 32,
+    "model-hidden-dim": 64,
+    "model-window": 20,
+    "model-dropout": 0.1,
+    "model-prior-init": True,
+    "model-prior-propagation": True,
+    "model-prior-score": True,
+    "model-personal-memory": True,
+    "model-user-embedding": True,
+    "model-memory-limit": 0,
+    # privacy of the data profile
+    "profile-ldp-epsilon": 0.0,
+    "profile-ldp-radius-km": 50.0,
+}
+"""Every run-config key with its default (pyproject's ``[tool.flwr.app.config]`` holds
+the same table; a test keeps them equal)."""
+
+SECTIONS: dict[str, type] = {
+    "model-": ModelConfig,
+    "protocol-": ProtocolConfig,
+    "synthetic-": SyntheticConfig,
+    "prior-": PriorConfig,
+}
+"""Key prefix -> settings dataclass whose fields the prefixed keys set."""
+
+RESUMABLE_CHANGES = frozenset(
+    {"num-rounds", "resume", "out-dir", "round-timeout", "node-wait", "research-mode", "eval-every"}
+)
+"""Keys a resumed run may change; any other difference from the checkpoint is an error."""
+
+TRAIN_KEYS = ("local-epochs", "batch-size", "lr", "optimizer", "weight-decay", "grad-clip")
+"""Local-training keys forwarded to the clients."""
+
+
+def _field_key(prefix: str, field: dataclasses.Field) -> str:
+    return prefix + field.name.replace("_", "-")
+
+
+def _section_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Run-config key -> (section prefix, dataclass field) for every scalar field."""
+    out: dict[str, tuple[str, dataclasses.Field]] = {}
+    for prefix, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            if isinstance(field.default, bool | int | float | str):
+                out[_field_key(prefix, field)] = (prefix, field)
+    return out
+
+
+def known_keys() -> set[str]:
+    """Every key :meth:`RunConfig.from_mapping` accepts."""
+    strategy_keys = {p.key for params in PARAMETERS.values() for p in params}
+    return set(DEFAULTS) | strategy_keys | set(_section_fields())
+
+
+def _coerce(key: str, value: Any) -> Scalar:
+    """``value`` as the type of the key's default (strings from the command line too)."""
+    sections = _section_fields()
+    if key in DEFAULTS:
+        kind: type = type(DEFAULTS[key])
+    elif key in sections:
+        kind = type(sections[key][1].default)
+    else:
+        kind = next(p.kind for ps in PARAMETERS.values() for p in ps if p.key == key)
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return coerce(value, kind, key)
+
+
+def merge(overrides: Mapping[str, Any] | None = None) -> dict[str, Scalar]:
+    """:data:`DEFAULTS` updated with ``overrides`` (values coerced to the keys' types).
+
+    Raises ``ValueError`` naming an unknown key or a value of the wrong type.
+    """
+    values: dict[str, Scalar] = dict(DEFAULTS)
+    if not overrides:
+        return values
+    known = known_keys()
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown run-config key(s): {', '.join(unknown)}")
+    for key, value in overrides.items():
+        values[key] = _coerce(key, value)
+    return values
+
+
+def _section(values: Mapping[str, Scalar], prefix: str) -> dict[str, Any]:
+    cls = SECTIONS[prefix]
+    out = {}
+    for field in dataclasses.fields(cls):
+        key = _field_key(prefix, field)
+        if key in values:
+            out[field.name] = values[key]
+    return out
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed view of a flat run config (see docs/federation.md for every key)."""
+
+    values: dict[str, Scalar]
+    """The complete flat config (written to results.json, read by ``build_strategy``)."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> RunConfig:
+        """Validate ``values`` (defaults fill what is missing) into a RunConfig."""
+        config = cls(merge(values))
+        config.model  # noqa: B018 - validates the settings early
+        config.protocol  # noqa: B018
+        config.prior  # noqa: B018
+        if config.synthetic is not None:
+            config.synthetic  # noqa: B018
+        for key in ("num-rounds", "eval-every", "local-epochs", "batch-size", "min-replies"):
+            if int(config.values[key]) < 1:
+                raise ValueError(f"run-config '{key}' must be >= 1, got {config.values[key]}")
+        if config.num_rounds < 1:
+            raise ValueError("num-rounds must be >= 1")
+        return config
+
+    def __getitem__(self, key: str) -> Scalar:
+        return self.values[key]
+
+    @property
+    def num_rounds(self) -> int:
+        return int(self.values["num-rounds"])
+
+    @property
+    def eval_every(self) -> int:
+        return int(self.values["eval-every"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.values["seed"])
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(str(self.values["out-dir"])).expanduser().resolve()
+
+    @property
+    def strategy(self) -> str:
+        return str(self.values["strategy"])
+
+    @property
+    def round_timeout(self) -> float | None:
+        """Seconds to wait for a round's replies (None: wait for all)."""
+        timeout = float(self.values["round-timeout"])
+        return timeout if timeout > 0 else None
+
+    @property
+    def model(self) -> ModelConfig:
+        return ModelConfig.from_dict(_section(self.values, "model-"))
+
+    @property
+    def protocol(self) -> ProtocolConfig:
+        return ProtocolConfig(**_section(self.values, "protocol-"))
+
+    @property
+    def prior(self) -> PriorConfig:
+        return PriorConfig(**_section(self.values, "prior-"))
+
+    @property
+    def synthetic(self) -> SyntheticConfig | None:
+        """The synthetic city's settings, or None when ``data-path`` is set."""
+        if self.data_path is not None:
+            return None
+        return SyntheticConfig(**_section(self.values, "synthetic-"))
+
+    @property
+    def data_path(self) -> Path | None:
+        path = str(self.values["data-path"]).strip()
+        return Path(path).expanduser().resolve() if path else None
+
+    @property
+    def places_path(self) -> Path | None:
+        path = str(self.values["places-path"]).strip()
+        return Path(path).expanduser().resolve() if path else None
+
+    @property
+    def time_unit(self) -> str | None:
+        unit = str(self.values["time-unit"]).strip()
+        return unit or None
+
+    def data_spec(self) -> str:
+        """The simulation data set, as the JSON string every instruction carries under
+        ``"data-spec"``: ``path`` (absolute, or null for the synthetic city),
+        ``format``, ``time_unit``, ``protocol`` and ``synthetic`` (settings dicts)."""
+        synthetic = self.synthetic
+        spec = {
+            "path": str(self.data_path) if self.data_path is not None else None,
+            "format": str(self.values["data-format"]),
+            "time_unit": self.time_unit,
+            "protocol": self.protocol.to_dict(),
+            "synthetic": synthetic.to_dict() if synthetic is not None else None,
+        }
+        return json.dumps(spec, sort_keys=True)
+
+    def train_settings(self) -> dict[str, Scalar]:
+        """The local-training keys sent to the clients."""
+        return {key: self.values[key] for key in TRAIN_KEYS}
+
+    def client_state_dir(self) -> str:
+        """Where simulated clients keep their state ("" = in their Flower context)."""
+        path = str(self.values["client-state-dir"]).strip()
+        return str(Path(path).expanduser().resolve()) if path else ""
+
+    def run_key(self) -> str:
+        """A short id of this federation (from its output folder), naming the clients'
+        state so that several federations in one simulation never share it."""
+        return hashlib.sha256(str(self.out_dir).encode()).hexdigest()[:16]
+
+    def differences(self, other: Mapping[str, Any]) -> list[str]:
+        """Keys whose value differs from ``other`` and that a resumed run may not change."""
+        keys = (set(self.values) | set(other)) - RESUMABLE_CHANGES
+        return sorted(k for k in keys if self.values.get(k) != other.get(k))

@@ -1,0 +1,219 @@
+"""``fedgeo simulate``: a federated run in Flower's simulation engine (Ray), one node per user.
+
+The command turns its options into run-config overrides (see docs/federation.md),
+checks the data before anything starts, runs ``flwr.simulation.run_simulation`` with
+one Ray worker per CPU, shows a progress bar over rounds and writes ``DIR/results.json``
+and, as a research-mode output of simulation only, ``DIR/predictions.csv`` (every test
+sample's rank). Simulated clients keep their state under ``DIR/client-state`` so that
+``--resume`` continues exactly where a run stopped. Every process it starts is stopped
+when it ends, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedgeo.cli.main import UsageError
+from fedgeo.data.readers import FORMATS
+
+if TYPE_CHECKING:  # Flower and the server modules load only when the command runs
+    from flwr.serverapp import Grid
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="run a federated simulation (one simulated client per user)",
+        description="Federated training in Flower's simulation engine: one client per user "
+        "of the data set (the synthetic city without --data). Writes DIR/results.json and "
+        "DIR/predictions.csv (research mode: per-sample test ranks).",
+    )
+    parser.add_argument("--data", metavar="PATH", help="check-in file (default: synthetic city)")
+    parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (csv)")
+    parser.add_argument("--strategy", required=True, help="strategy name or module:Class")
+    parser.add_argument("--rounds", type=int, help="number of rounds (run-config num-rounds)")
+    parser.add_argument("--fraction", type=float, help="fraction of clients per round")
+    parser.add_argument("--seed", type=int, help="run seed")
+    parser.add_argument("--local-epochs", type=int, help="local epochs per round")
+    parser.add_argument("--eval-every", type=int, help="validate every K rounds")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="any run-config key (repeatable), e.g. --set model-hidden-dim=32",
+    )
+    parser.add_argument("--cpus", type=int, help="CPUs for Ray (default: all, at most 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
+    parser.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config overrides the options stand for."""
+    values: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = value.strip()
+    options = {
+        "strategy": args.strategy,
+        "num-rounds": args.rounds,
+        "seed": args.seed,
+        "local-epochs": args.local_epochs,
+        "eval-every": args.eval_every,
+        "data-path": str(args.data) if args.data else None,
+        "data-format": args.format,
+    }
+    if args.fraction is not None:
+        options["fraction-train"] = args.fraction
+        options["fraction-evaluate"] = args.fraction
+    values.update({k: v for k, v in options.items() if v is not None})
+    values["out-dir"] = str(args.out.resolve())
+    values["resume"] = bool(args.resume)
+    values["research-mode"] = True
+    values.setdefault("client-state-dir", str(args.out.resolve() / "client-state"))
+    return values
+
+
+def backend_config(cpus: int) -> dict[str, Any]:
+    """Ray settings for a small machine: one CPU per client, ``cpus`` workers, no
+    dashboard, no worker logs forwarded to the driver."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": 0,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+            "include_dashboard": False,
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.run_config import RunConfig
+
+    try:
+        values = overrides_from_args(args)
+        config = RunConfig.from_mapping(values)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    from server.app import simulation_dataset
+
+    if config.places_path is not None:
+        raise UsageError("places-path is for deployments; simulate uses the data set's places")
+    users = len(simulation_dataset(config).users)  # bad data fails here, before Ray starts
+    cpus = args.cpus or min(2, os.cpu_count() or 1)
+    [result] = simulate([values], users, cpus, progress=not args.no_progress, verbose=args.verbose)
+    test = result["test"]
+    print(
+        f"simulate ({config.strategy}, {users} clients, {config.num_rounds} rounds): test "
+        f"acc@1={test['acc@1']:.4f} acc@5={test['acc@5']:.4f} acc@10={test['acc@10']:.4f} "
+        f"mrr={test['mrr']:.4f} ndcg@10={test['ndcg@10']:.4f} ({test['samples']} samples) "
+        f"-> {config.out_dir}/results.json"
+    )
+    return 0
+
+
+def simulate(
+    runs: Sequence[Mapping[str, Any]],
+    num_nodes: int,
+    cpus: int,
+    *,
+    progress: bool = True,
+    verbose: bool = False,
+    grid_wrapper: Callable[[Grid], Grid] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the federations ``runs`` describes (run-config overrides, one after the other)
+    in one start of Flower's simulation engine; return their results.
+
+    All runs share the ``num_nodes`` simulated nodes (so they must use data sets with as
+    many users); each keeps its clients' state apart (see ``client.state``).
+    ``grid_wrapper`` may wrap the grid the server sees (to trace messages). Ray is shut
+    down whatever happens.
+    """
+    import ray
+    from flwr.app import Context
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from server.app import run_server
+    from server.checkpoint import RESULTS_FILE
+    from server.run_config import RunConfig
+
+    configs = [RunConfig.from_mapping(values) for values in runs]
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    total = sum(c.num_rounds for c in configs)
+    bar = _progress_bar(total, progress)
+    stop = threading.Event()
+    done = [0]
+
+    def on_round(record: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.n = done[0] + int(record["round"])
+            bar.refresh()
+            metrics = record.get("evaluate") or {}
+            if "mrr" in metrics:
+                bar.set_postfix(val_mrr=f"{metrics['mrr']:.4f}")
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        view = grid_wrapper(grid) if grid_wrapper is not None else grid
+        for config, values in zip(configs, runs, strict=True):
+            run_server(view, {**dict(context.run_config), **values}, on_round=on_round, stop=stop)
+            done[0] += config.num_rounds
+
+    try:
+        run_simulation(
+            server_app,
+            client_app,
+            num_supernodes=num_nodes,
+            backend_config=backend_config(cpus),
+            verbose_logging=verbose,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+        # Flower's worker threads log every message the dying actors drop; keep quiet.
+        level = logging.CRITICAL
+        raise
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if ray.is_initialized():
+            ray.shutdown()
+        flwr_logger.setLevel(level)
+    results = []
+    for config in configs:
+        path = config.out_dir / RESULTS_FILE
+        if not path.is_file():
+            raise RuntimeError(f"the simulation ended without writing {path}")
+        results.append(json.loads(path.read_text(encoding="utf-8")))
+    return results
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="rounds", unit="round")

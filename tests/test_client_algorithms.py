@@ -1,0 +1,183 @@
+"""Client-side algorithm math (FedProx, SCAFFOLD, FedDyn) and the instruction contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+import client.algorithms as algo
+import server.strategies.contract as contract
+from client.algorithms import (
+    TrainInstructions,
+    feddyn_regularizer,
+    feddyn_update_state,
+    proximal_term,
+    scaffold_correct_gradients,
+    scaffold_update_control,
+)
+from server.strategies import FedDyn, FedGeo, LocalOnly, Scaffold
+
+
+def t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def leaf(*values: float) -> torch.Tensor:
+    return t(*values).requires_grad_(True)
+
+
+# --- FedProx -----------------------------------------------------------------------------
+
+
+def test_proximal_term_value_and_gradient() -> None:
+    w = {"a": leaf(1.0, 2.0), "b": leaf(-1.0)}
+    g = {"a": t(0.0, 1.0), "b": t(1.0)}
+    value = proximal_term(w, g, mu=0.5)
+    assert float(value.detach()) == pytest.approx(0.25 * (1 + 1 + 4))
+    value.backward()
+    torch.testing.assert_close(w["a"].grad, 0.5 * t(1.0, 1.0))
+    torch.testing.assert_close(w["b"].grad, 0.5 * t(-2.0))
+    assert g["a"].grad is None
+
+
+def test_proximal_term_accepts_named_parameter_pairs() -> None:
+    model = torch.nn.Linear(2, 1)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert proximal_term(model.named_parameters(), anchor, 1.0).detach().item() == 0.0
+    with pytest.raises(ValueError, match="weight"):
+        proximal_term(model.named_parameters(), {"bias": anchor["bias"]}, 1.0)
+
+
+# --- SCAFFOLD ----------------------------------------------------------------------------
+
+
+def test_scaffold_gradient_correction() -> None:
+    p, q = leaf(1.0, 1.0), leaf(3.0)
+    (p.sum() * 2 + 0 * q.sum()).backward()
+    frozen = leaf(0.0)  # no grad: skipped
+    scaffold_correct_gradients(
+        {"p": p, "q": q, "frozen": frozen},
+        c_global={"p": t(1.0, 2.0), "q": t(0.5), "frozen": t(9.0)},
+        c_local={"p": t(0.5, 0.5), "q": t(0.0)},
+    )
+    torch.testing.assert_close(p.grad, t(2.5, 3.5))
+    torch.testing.assert_close(q.grad, t(0.5))
+    assert frozen.grad is None
+    with pytest.raises(ValueError, match="c_global"):
+        scaffold_correct_gradients({"p": p}, {}, None)
+
+
+def test_scaffold_control_update_hand_case() -> None:
+    new, delta = scaffold_update_control(
+        c_local={"w": t(0.0, 1.0)},
+        c_global={"w": t(1.0, 1.0)},
+        x_global={"w": t(1.0, 2.0)},
+        y_local={"w": t(0.5, 1.0)},
+        lr=0.1,
+        steps=5,
+    )
+    # c_i+ = c_i - c + (x - y) / (K lr) = [0, 1] - [1, 1] + [1, 2]
+    torch.testing.assert_close(new["w"], t(0.0, 2.0))
+    torch.testing.assert_close(delta["w"], t(0.0, 1.0))
+    kept, zero = scaffold_update_control(None, {"w": t(1.0)}, {"w": t(1.0)}, {"w": t(3.0)}, 0.1, 0)
+    torch.testing.assert_close(kept["w"], t(0.0))
+    torch.testing.assert_close(zero["w"], t(0.0))
+    with pytest.raises(ValueError, match="lr"):
+        scaffold_update_control(None, {"w": t(1.0)}, {"w": t(1.0)}, {"w": t(1.0)}, 0.0, 1)
+
+
+def test_scaffold_control_is_the_mean_raw_gradient_after_corrected_sgd() -> None:
+    """With plain SGD, option II's c_i+ equals the client's average raw gradient."""
+    a = t(0.3, -1.2)  # constant gradient of the linear loss <a, w>
+    x = t(1.0, 1.0)
+    c, c_i = {"w": t(0.2, 0.4)}, {"w": t(-0.1, 0.3)}
+    w = x.clone().requires_grad_(True)
+    opt = torch.optim.SGD([w], lr=0.05)
+    for _ in range(7):
+        opt.zero_grad()
+        (a * w).sum().backward()
+        scaffold_correct_gradients({"w": w}, c, c_i)
+        opt.step()
+    new, delta = scaffold_update_control(c_i, c, {"w": x}, {"w": w}, lr=0.05, steps=7)
+    torch.testing.assert_close(new["w"], a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(delta["w"], a - c_i["w"], rtol=1e-5, atol=1e-5)
+
+
+# --- FedDyn ------------------------------------------------------------------------------
+
+
+def test_feddyn_regularizer_value_and_gradient() -> None:
+    theta = {"w": leaf(2.0, -1.0)}
+    anchor = {"w": t(1.0, 1.0)}
+    g = {"w": t(0.5, 2.0)}
+    value = feddyn_regularizer(theta, anchor, g, alpha=0.4)
+    # -<g, theta> + alpha/2 ||theta - anchor||^2 = -(1 - 2) + 0.2 * (1 + 4)
+    assert float(value.detach()) == pytest.approx(1.0 + 1.0)
+    value.backward()
+    # gradient: -g + alpha (theta - anchor)
+    torch.testing.assert_close(theta["w"].grad, t(-0.5 + 0.4, -2.0 - 0.8))
+    assert float(feddyn_regularizer(theta, anchor, None, alpha=0.4).detach()) == pytest.approx(1.0)
+
+
+def test_feddyn_state_update_hand_case() -> None:
+    new = feddyn_update_state({"w": t(0.5, 2.0)}, {"w": t(2.0, -1.0)}, {"w": t(1.0, 1.0)}, 0.4)
+    torch.testing.assert_close(new["w"], t(0.5 - 0.4, 2.0 + 0.8))
+    first = feddyn_update_state(None, {"w": t(2.0)}, {"w": t(1.0)}, 0.5)
+    torch.testing.assert_close(first["w"], t(-0.5))
+
+
+# --- message contract --------------------------------------------------------------------
+
+
+def test_client_and_server_agree_on_keys() -> None:
+    names = [
+        "ARRAYS",
+        "CONFIG",
+        "METRICS",
+        "NUM_EXAMPLES",
+        "TRAIN_LOSS",
+        "SERVER_ROUND",
+        "PROXIMAL_MU",
+        "FEDDYN_ALPHA",
+        "LOCAL_ONLY",
+        "SERVER_CONTROL",
+        "CONTROL_DELTA",
+    ]
+    for name in names:
+        assert getattr(algo, name) == getattr(contract, name), name
+
+
+class _Nodes(Grid):
+    def __init__(self, nodes: list[int]) -> None:
+        self._nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    set_run = create_message = push_messages = pull_messages = send_and_receive = None
+    run = None
+
+
+def test_instructions_parsed_from_real_strategy_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    grid = _Nodes([1, 2])
+    arrays = ArrayRecord({"w": Array(np.ones(2, np.float32))})
+
+    def first(strategy) -> TrainInstructions:
+        messages = list(strategy.configure_train(4, arrays, ConfigRecord(), grid))
+        return TrainInstructions.from_content(messages[0].content)
+
+    scaffold = first(Scaffold())
+    assert scaffold.algorithm == "scaffold" and scaffold.server_round == 4
+    torch.testing.assert_close(scaffold.server_control["w"], torch.zeros(2))
+    dyn = first(FedDyn(alpha=0.3))
+    assert dyn.algorithm == "feddyn" and dyn.feddyn_alpha == pytest.approx(0.3)
+    prox = first(FedGeo(proximal_mu=0.2))
+    assert prox.algorithm == "proximal" and prox.proximal_mu == pytest.approx(0.2)
+    assert first(FedGeo()).algorithm == "plain"
+    assert first(LocalOnly()).algorithm == "local"
