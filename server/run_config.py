@@ -87,6 +87,8 @@ DEFAULTS: dict[str, Scalar] = {
     "protocol-min-place-checkins": 0,
     # geographic prior
     "prior-k": 10,
+    "prior-bandwidth-km": 0.0,
+    "prior-self-loops": True,
     # model
     "model-embedding-dim": 32,
     "model-hidden-dim": 64,
@@ -245,7 +247,12 @@ class RunConfig:
 
     @property
     def prior(self) -> PriorConfig:
-        return PriorConfig(**_section(self.values, "prior-"))
+        """Prior settings; ``prior-bandwidth-km`` <= 0 means automatic (the median
+        distance to the k-th neighbour)."""
+        values = _section(self.values, "prior-")
+        if float(values.get("bandwidth_km") or 0.0) <= 0.0:
+            values["bandwidth_km"] = None
+        return PriorConfig(**values)
 
     @property
     def synthetic(self) -> SyntheticConfig | None:

@@ -107,7 +107,7 @@ def unflatten(vector: np.ndarray, layout: _Layout) -> dict[str, np.ndarray]:
         dtype = layout.dtypes[j]
         if not np.issubdtype(dtype, np.floating) and not np.issubdtype(dtype, np.complexfloating):
             part = np.rint(part)
-        out[key] = np.ascontiguousarray(part.astype(dtype))
+        out[key] = np.array(part, dtype=dtype, order="C")  # keeps 0-d shapes
     return out
 
 

@@ -98,4 +98,4 @@ def as_dtype(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``value`` (float64 arithmetic result) cast to ``dtype``; integer dtypes are rounded."""
     if not np.issubdtype(dtype, np.inexact):
         value = np.rint(value)
-    return np.ascontiguousarray(np.asarray(value).astype(dtype))
+    return np.array(np.asarray(value), dtype=dtype, order="C")  # keeps 0-d shapes
