@@ -12,7 +12,7 @@ All functions work on PyTorch tensors keyed by shared-parameter name (a dict, or
   c_global, c_local)``, then ``c_local, delta = scaffold_update_control(...)`` and reply
   with ``delta`` as the ArrayRecord ``"control-delta"``.
 
-Global tensors are treated as constants (detached). Formulas: docs/method_federation.md.
+Global tensors are treated as constants (detached). Formulas: docs/method.md.
 """
 
 from __future__ import annotations

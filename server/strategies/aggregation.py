@@ -9,7 +9,7 @@ example-weighted mean Euclidean distance of the clients to the new global model.
 Computation is vectorized over flattened models: each client's arrays are concatenated
 (in the first client's key order) into one float64 vector, so an aggregator holds a
 ``K x P`` float64 matrix (K clients, P scalars). Results are split back and cast to each
-array's dtype (integer arrays are rounded). Formulas: docs/method_federation.md.
+array's dtype (integer arrays are rounded). Formulas: docs/method.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ with ``D`` the number of distinct places (or, for ``by="entropy"``, the normaliz
 entropy in [0, 1] with its own midpoint and slope). ``p_min > 0`` is a floor: everyone
 keeps a chance to participate. Each round, every node is independently *eligible* with
 its probability, then the round's participants are drawn uniformly from the eligible
-ones (:func:`sample_participants`). Formulas and rationale: docs/method_federation.md.
+ones (:func:`sample_participants`). Formulas and rationale: docs/method.md.
 """
 
 from __future__ import annotations

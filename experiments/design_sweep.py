@@ -1,0 +1,153 @@
+"""In-process federation for quick design sweeps (no Flower, no Ray).
+
+Runs rounds of sample -> local training -> aggregation in one process with the same
+library code the Flower apps use (model, local training, FedGeo's aggregators and
+exclusion), so a design choice can be screened in minutes, on a GPU when one is there.
+Results of record come from ``fedgeo simulate`` (Flower's engine); this script is how
+FedGeo's default aggregation was chosen (docs/method.md).
+
+    python experiments/design_sweep.py --data ../shared/data/foursquare-nyc/checkins.csv \\
+        --name fedgeo-gm --exclusion --aggregation geometric-median --mu 0.01 --rounds 30
+
+Prints one JSON line per round (drift, participants, seconds; validation metrics every
+``--eval-every`` rounds) and a final line with test and validation metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedgeo.data.loading import load_dataset  # noqa: E402
+from fedgeo.geo.prior import AdjacencyPrior  # noqa: E402
+from fedgeo.metrics import MetricSums  # noqa: E402
+from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
+from fedgeo.training import TrainConfig, evaluate, train_local  # noqa: E402
+from server.strategies.aggregation import get_aggregator  # noqa: E402
+from server.strategies.exclusion import ExclusionConfig, participation_probability  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", help="check-in CSV (default: the synthetic city)")
+    ap.add_argument("--name", default="run")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--clients", type=int, default=100, help="clients per round")
+    ap.add_argument("--epochs", type=int, default=2, help="local epochs")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--no-prior", action="store_true")
+    ap.add_argument("--exclusion", action="store_true")
+    ap.add_argument("--aggregation", default="mean")
+    ap.add_argument("--median-iters", type=int, default=10)
+    ap.add_argument("--mu", type=float, default=0.0, help="proximal term")
+    ap.add_argument("--server-lr", type=float, default=1.0)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dataset, _ = load_dataset(a.data) if a.data else load_dataset()
+    cfg = ModelConfig().without_prior() if a.no_prior else ModelConfig()
+    prior = AdjacencyPrior.from_places(dataset.places) if cfg.uses_prior else None
+    model, features = build_model(dataset.num_places, 1, cfg, prior, seed=a.seed)
+    model.to(device)
+    global_state = {k: v.cpu().clone() for k, v in model.shared_state().items()}
+    initial_personal = {k: v.cpu() for k, v in model.personal_state().items()}
+    personal: dict[int, dict[str, torch.Tensor]] = {}
+    users = dataset.users
+    exclusion = ExclusionConfig(enabled=a.exclusion)
+    probs = np.array(
+        [
+            participation_probability({"distinct_places": len(np.unique(u.places))}, exclusion)
+            if a.exclusion
+            else 1.0
+            for u in users
+        ]
+    )
+    aggregate = get_aggregator(a.aggregation, max_iter=a.median_iters)
+    train_cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, device=device)
+    rng = np.random.default_rng(a.seed)
+    started = time.time()
+
+    def use_client(i: int) -> None:
+        model.load_shared_state(global_state)
+        model.load_personal_state(personal.get(i, initial_personal))
+
+    def federated_metrics(split: str) -> dict[str, float]:
+        total = MetricSums.from_ranks(np.zeros(0, dtype=np.int64))
+        for i, user in enumerate(users):
+            if len(user.split(split)):
+                use_client(i)
+                total = (
+                    total
+                    + evaluate(model, features, SampleIndex([user]), split, device=device).sums
+                )
+        return total.finalize()
+
+    def emit(record: dict) -> None:
+        record["name"] = a.name
+        print(json.dumps(record), flush=True)
+
+    for rnd in range(1, a.rounds + 1):
+        eligible = np.flatnonzero(np.random.default_rng([a.seed, rnd]).random(len(users)) < probs)
+        chosen = rng.choice(eligible, size=min(a.clients, len(eligible)), replace=False)
+        anchor = {k: v.to(device) for k, v in global_state.items()}
+        replies = []
+        for i in chosen:
+            use_client(int(i))
+            train_cfg.seed = int(rnd * 100_000 + i)
+            extra = _proximal(model, anchor, a.mu) if a.mu > 0 else None
+            stats = train_local(model, features, [users[i]], train_cfg, extra_loss=extra)
+            if stats["num-examples"] == 0:
+                continue
+            personal[int(i)] = {k: v.cpu() for k, v in model.personal_state().items()}
+            arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
+            replies.append((arrays, stats["num-examples"]))
+        result = aggregate(replies)
+        new_state = {}
+        for key, old in global_state.items():
+            value = torch.from_numpy(np.asarray(result.arrays[key])).to(old.dtype)
+            floating = old.dtype.is_floating_point
+            new_state[key] = old + a.server_lr * (value - old) if floating else value
+        global_state = new_state
+        record = {"round": rnd, "drift": result.drift, "participants": len(replies)}
+        record["seconds"] = round(time.time() - started, 1)
+        if rnd % a.eval_every == 0:
+            record["validation"] = federated_metrics("validation")
+        emit(record)
+    emit(
+        {
+            "round": "final",
+            "test": federated_metrics("test"),
+            "validation": federated_metrics("validation"),
+            "seconds": round(time.time() - started, 1),
+        }
+    )
+
+
+def _proximal(model, anchor: dict[str, torch.Tensor], mu: float):
+    names = [n for n, _ in model.shared_parameters()]
+
+    def term(m) -> torch.Tensor:
+        params = dict(m.named_parameters())
+        return 0.5 * mu * sum(((params[n] - anchor[n]) ** 2).sum() for n in names)
+
+    return term
+
+
+if __name__ == "__main__":
+    main()
