@@ -19,6 +19,7 @@ the server's) gets an error reply with a one-line reason instead of a crash.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -32,6 +33,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from client.algorithms import ARRAYS, CONFIG, CONTROL_DELTA, LOCAL_ONLY, METRICS, TrainInstructions
 from client.data_source import ClientSource, client_source
@@ -57,8 +59,7 @@ PROFILE = "profile"
 """Reply MetricRecord of a query."""
 CLIENT_KEY = "client-key"
 """Query reply metric: the partition id of a simulated client, -1 on a device."""
-ERROR_CODE = 2
-"""Flower's ``ErrorCode.CLIENT_APP_RAISED_EXCEPTION``."""
+ERROR_CODE = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError)
 
 app = ClientApp()
@@ -90,6 +91,7 @@ def _store(config: dict, context: Context, source: ClientSource) -> ClientStateS
 def _safely(handler: Callable[[Message, Context], Message]):
     """Run ``handler``; expected failures become an error reply with a one-line reason."""
 
+    @functools.wraps(handler)
     def run(message: Message, context: Context) -> Message:
         try:
             return handler(message, context)
@@ -97,8 +99,6 @@ def _safely(handler: Callable[[Message, Context], Message]):
             reason = f"fedgeo client: {type(err).__name__}: {err}".splitlines()[0]
             return Message(Error(code=ERROR_CODE, reason=reason), reply_to=message)
 
-    run.__name__ = handler.__name__
-    run.__doc__ = handler.__doc__
     return run
 
 

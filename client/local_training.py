@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +182,60 @@ def train_config(config: Mapping[str, Any], seed: int) -> TrainConfig:
     )
 
 
+@dataclass
+class ClientSide:
+    """A strategy's client side: loss and gradient hooks for ``train_local`` and what
+    to do after training (``finish(model, steps)`` -> state updates, control delta)."""
+
+    extra_loss: Callable[[NextLocationModel], torch.Tensor] | None = None
+    after_backward: Callable[[NextLocationModel], None] | None = None
+    finish: Callable[[NextLocationModel, int], tuple[dict, dict | None]] | None = None
+
+
+def client_side(
+    instructions: TrainInstructions,
+    anchor: dict[str, torch.Tensor],
+    state: Mapping[str, np.ndarray],
+    reference: Mapping[str, torch.Tensor],
+    lr: float,
+) -> ClientSide:
+    """The hooks of the instruction's algorithm (``anchor``: the received global
+    arrays; ``reference``: the model's state dict, for dtypes and shapes)."""
+    algorithm = instructions.algorithm
+    if algorithm == "proximal":
+        mu = instructions.proximal_mu
+        return ClientSide(extra_loss=lambda m: proximal_term(m.shared_parameters(), anchor, mu))
+    if algorithm == "feddyn":
+        alpha = float(instructions.feddyn_alpha)
+        g = _tensors(select(state, "feddyn"), reference) or None
+
+        def finish_feddyn(m: NextLocationModel, steps: int) -> tuple[dict, None]:
+            new_g = feddyn_update_state(g, m.shared_parameters(), anchor, alpha)
+            return with_prefix("feddyn", new_g), None
+
+        return ClientSide(
+            extra_loss=lambda m: feddyn_regularizer(m.shared_parameters(), anchor, g, alpha),
+            finish=finish_feddyn,
+        )
+    if algorithm == "scaffold":
+        c_global = _tensors(instructions.server_control, reference)
+        c_local = _tensors(select(state, "scaffold"), reference) or None
+
+        def correct(m: NextLocationModel) -> None:
+            scaffold_correct_gradients(m.shared_parameters(), c_global, c_local)
+
+        def finish_scaffold(m: NextLocationModel, steps: int) -> tuple[dict, dict]:
+            c_new, delta = scaffold_update_control(
+                c_local, c_global, anchor, m.shared_parameters(), lr, steps
+            )
+            return with_prefix("scaffold", c_new), {
+                k: v.detach().cpu().numpy() for k, v in delta.items()
+            }
+
+        return ClientSide(after_backward=correct, finish=finish_scaffold)
+    return ClientSide()  # plain and local-only training
+
+
 def train(
     local: LocalModel,
     global_arrays: Mapping[str, np.ndarray],
@@ -197,52 +251,27 @@ def train(
     """
     prepare(local, global_arrays, state, instructions.local_only)
     model = local.model
-    anchor = _tensors(global_arrays, model.state_dict())
-    algorithm = instructions.algorithm
-    extra_loss = after_backward = None
-    feddyn_g = _tensors(select(state, "feddyn")) or None
-    c_local = _tensors(select(state, "scaffold")) or None
-    if algorithm == "proximal":
-        mu = instructions.proximal_mu
-
-        def extra_loss(m):
-            return proximal_term(m.shared_parameters(), anchor, mu)
-    elif algorithm == "feddyn":
-        alpha = float(instructions.feddyn_alpha)
-
-        def extra_loss(m):
-            return feddyn_regularizer(m.shared_parameters(), anchor, feddyn_g, alpha)
-    elif algorithm == "scaffold":
-        c_global = _tensors(instructions.server_control, model.state_dict())
-
-        def after_backward(m):
-            scaffold_correct_gradients(m.shared_parameters(), c_global, c_local)
-
+    reference = model.state_dict()
+    anchor = _tensors(global_arrays, reference)
+    side = client_side(instructions, anchor, state, reference, cfg.lr)
     metrics = train_local(
         model,
         local.features,
         local.users,
         cfg,
-        extra_loss=extra_loss,
-        after_backward=after_backward,
+        extra_loss=side.extra_loss,
+        after_backward=side.after_backward,
     )
     new_state = dict(state)
     control_delta = None
-    if algorithm == "feddyn":
-        g = feddyn_update_state(feddyn_g, model.shared_parameters(), anchor, float(alpha))
-        new_state.update(with_prefix("feddyn", g))
-    elif algorithm == "scaffold":
-        c_new, delta = scaffold_update_control(
-            c_local, c_global, anchor, model.shared_parameters(), cfg.lr, int(metrics["steps"])
-        )
-        new_state.update(with_prefix("scaffold", c_new))
-        control_delta = {k: v.detach().cpu().numpy() for k, v in delta.items()}
+    if side.finish is not None:
+        updates, control_delta = side.finish(model, int(metrics["steps"]))
+        new_state.update(updates)
+    arrays = None
     if instructions.local_only:
         new_state.update(with_prefix("local", model.state_dict()))
     else:
         new_state.update(with_prefix("personal", model.personal_state()))
-    arrays = None
-    if not instructions.local_only:
         arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
     reply_metrics = {
         "num-examples": int(metrics["num-examples"]),

@@ -196,16 +196,11 @@ class RunConfig:
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> RunConfig:
         """Validate ``values`` (defaults fill what is missing) into a RunConfig."""
         config = cls(merge(values))
-        config.model  # noqa: B018 - validates the settings early
-        config.protocol  # noqa: B018
-        config.prior  # noqa: B018
-        if config.synthetic is not None:
-            config.synthetic  # noqa: B018
         for key in ("num-rounds", "eval-every", "local-epochs", "batch-size", "min-replies"):
             if int(config.values[key]) < 1:
                 raise ValueError(f"run-config '{key}' must be >= 1, got {config.values[key]}")
-        if config.num_rounds < 1:
-            raise ValueError("num-rounds must be >= 1")
+        # Build every settings object once, so that a bad value fails here.
+        _ = (config.model, config.protocol, config.prior, config.synthetic)
         return config
 
     def __getitem__(self, key: str) -> Scalar:

@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="any run-config key (repeatable), e.g. --set model-hidden-dim=32",
     )
-    parser.add_argument("--cpus", type=int, help="CPUs for Ray (default: all, at most 2)")
+    parser.add_argument(
+        "--cpus", type=int, help="CPUs for Ray: clients run in parallel (default: all)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
     parser.set_defaults(func=run)
@@ -114,7 +116,15 @@ def run(args: argparse.Namespace) -> int:
     if config.places_path is not None:
         raise UsageError("places-path is for deployments; simulate uses the data set's places")
     users = len(simulation_dataset(config).users)  # bad data fails here, before Ray starts
-    cpus = args.cpus or min(2, os.cpu_count() or 1)
+    if args.resume:
+        from server.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(config.out_dir)
+        if checkpoint is not None and (changed := config.differences(checkpoint.config)):
+            raise UsageError(
+                f"--resume: the options differ from the checkpoint's in {', '.join(changed)}"
+            )
+    cpus = args.cpus or os.cpu_count() or 1
     [result] = simulate([values], users, cpus, progress=not args.no_progress, verbose=args.verbose)
     test = result["test"]
     print(
@@ -147,6 +157,7 @@ def simulate(
     from flwr.app import Context
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
+    from threadpoolctl import threadpool_limits
 
     from client.app import app as client_app
     from server.app import run_server
@@ -181,13 +192,17 @@ def simulate(
             done[0] += config.num_rounds
 
     try:
-        run_simulation(
-            server_app,
-            client_app,
-            num_supernodes=num_nodes,
-            backend_config=backend_config(cpus),
-            verbose_logging=verbose,
-        )
+        # One BLAS thread in this process: the server thread's linear algebra then
+        # cannot hang in OpenBLAS's thread pool after an earlier simulation's server
+        # thread used it (seen with a second run_simulation in one process).
+        with threadpool_limits(limits=1, user_api="blas"):
+            run_simulation(
+                server_app,
+                client_app,
+                num_supernodes=num_nodes,
+                backend_config=backend_config(cpus),
+                verbose_logging=verbose,
+            )
     except KeyboardInterrupt:
         stop.set()
         # Flower's worker threads log every message the dying actors drop; keep quiet.

@@ -7,6 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+# The test models are tiny: one intra-op thread is faster and avoids oversubscribing a
+# 2-core CI machine when Ray workers or other processes run beside the tests.
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -262,11 +263,18 @@ def test_simulate_command_writes_results_and_predictions_and_stops_ray(tmp_path)
     dataset = simulation_dataset(RunConfig.from_mapping(TINY))
     assert set(predictions["user_id"]) <= {u.user_id for u in dataset.users}
     assert set(predictions["target"]) <= set(dataset.places.ids.tolist())
+    # Ray's workers exit right after the command returns: allow them a moment.
+    deadline = time.monotonic() + 15
+    while _marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert _marked_processes(marker) == []
 
 
-def test_simulate_command_bad_data_path_is_a_one_line_error(tmp_path):
-    done = _cli(
+def test_simulate_command_bad_data_path_is_a_one_line_error(tmp_path, capsys):
+    from fedgeo.cli.main import main
+
+    out = tmp_path / "out"
+    status = main(
         [
             "simulate",
             "--strategy",
@@ -274,23 +282,23 @@ def test_simulate_command_bad_data_path_is_a_one_line_error(tmp_path):
             "--data",
             str(tmp_path / "nope.csv"),
             "--out",
-            str(tmp_path / "out"),
-        ],
-        uuid.uuid4().hex,
+            str(out),
+        ]
     )
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedgeo: error:") and "nope.csv" in lines[0]
-    assert not (tmp_path / "out" / "results.json").exists()
+    assert not (out / "results.json").exists()
 
 
-def test_simulate_command_unknown_key_is_a_usage_error(tmp_path):
-    done = _cli(
-        ["simulate", "--strategy", "fedavg", "--out", str(tmp_path), "--set", "no-such-key=1"],
-        uuid.uuid4().hex,
+def test_simulate_command_unknown_key_is_a_usage_error(tmp_path, capsys):
+    from fedgeo.cli.main import main
+
+    status = main(
+        ["simulate", "--strategy", "fedavg", "--out", str(tmp_path), "--set", "no-such-key=1"]
     )
-    assert done.returncode == 2
-    assert "no-such-key" in done.stderr
+    assert status == 2
+    assert "no-such-key" in capsys.readouterr().err
 
 
 # --- run config, data sources, profile privacy ----------------------------------------
@@ -371,3 +379,24 @@ def test_profile_ldp_noise_is_bounded_and_scaled_by_epsilon():
     assert np.allclose(precise, 12.0, atol=1e-3)
     with pytest.raises(ValueError):
         privatize(profile, 0.0, 50.0, rng)
+
+
+def test_simulate_resume_with_other_options_is_refused_before_starting(tmp_path, capsys):
+    from fedgeo.cli.main import main
+    from server.checkpoint import Checkpoint, save_checkpoint
+
+    args = ["simulate", "--strategy", "fedavg", "--out", str(tmp_path), "--no-progress"]
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    first = RunConfig.from_mapping(
+        {
+            **TINY,
+            "strategy": "fedavg",
+            "seed": 1,
+            "research-mode": True,
+            "client-state-dir": str(tmp_path / "client-state"),
+        }
+    )
+    save_checkpoint(tmp_path, Checkpoint(1, {}, b"", {}, dict(first.values)))
+    status = main([*args, *sets, "--seed", "2", "--resume"])
+    assert status == 2
+    assert "differ from the checkpoint's in seed" in capsys.readouterr().err
