@@ -21,16 +21,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from fedgeo.data.dataset import Dataset, Places, UserData
+from fedgeo.data.dataset import Dataset, UserData
 from fedgeo.data.errors import DataError
 from fedgeo.data.loading import load_dataset
 from fedgeo.data.partition import ClientData, client_data
+from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 
@@ -41,7 +40,6 @@ DATA_PATH = "data-path"
 DATA_FORMAT = "data-format"
 TIME_UNIT = "time-unit"
 PLACES_PATH = "places-path"
-PLACE_COLUMNS = ("location_id", "latitude", "longitude")
 
 
 @dataclass(frozen=True)
@@ -89,58 +87,6 @@ def simulation_dataset(spec: str) -> Dataset:
 def _tuples(values: dict[str, Any]) -> dict[str, Any]:
     """JSON turned the synthetic config's tuples into lists; turn them back."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-
-
-def read_places_csv(path: str | Path) -> Places:
-    """The public place table from a CSV with ``location_id``, ``latitude``, ``longitude``.
-
-    Places are put in sorted order of their id (the order the preprocessing protocol
-    gives them), so dense indices agree with a data set preprocessed on the server.
-    """
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise DataError(f"cannot read the place table: {err}", path=path) from None
-    missing = [c for c in PLACE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"missing column(s) {', '.join(missing)}", path=path, line=1)
-    for column, bound in (("latitude", 90.0), ("longitude", 180.0)):
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~(np.abs(values) <= bound))
-        if len(bad):
-            raise DataError(
-                f"not a coordinate in [-{bound:g}, {bound:g}]: {frame[column].iloc[bad[0]]!r}",
-                path=path,
-                line=int(bad[0]) + 2,
-                field=column,
-            )
-    ids = frame["location_id"]
-    duplicated = np.flatnonzero(ids.duplicated().to_numpy())
-    if len(duplicated):
-        raise DataError(
-            f"place id {ids.iloc[duplicated[0]]!r} appears twice",
-            path=path,
-            line=int(duplicated[0]) + 2,
-            field="location_id",
-        )
-    order = _id_order(ids.to_numpy())
-    return Places(
-        ids=ids.to_numpy()[order],
-        latitude=frame["latitude"].to_numpy(dtype=np.float64)[order],
-        longitude=frame["longitude"].to_numpy(dtype=np.float64)[order],
-    )
-
-
-def _id_order(ids: np.ndarray) -> np.ndarray:
-    """Sorted order of ids; mixed types sort by (type name, text) like the protocol."""
-    try:
-        return np.argsort(ids, kind="stable")
-    except TypeError:
-        keys = [(type(v).__name__, str(v)) for v in ids]
-        return np.asarray(sorted(range(len(ids)), key=keys.__getitem__), dtype=np.int64)
 
 
 @lru_cache(maxsize=4)

@@ -18,14 +18,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedgeo.data.dataset import Dataset, Places
-from fedgeo.data.errors import DataError
+from fedgeo.data.dataset import Dataset
 from fedgeo.data.loading import load_dataset
+from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import AdjacencyPrior
@@ -58,26 +56,11 @@ def simulation_dataset(config: RunConfig) -> Dataset:
     )
 
 
-def read_places(path: Path) -> Places:
-    """The public place table (CSV: ``location_id``, ``latitude``, ``longitude``), in
-    sorted id order like the preprocessing protocol."""
-    frame = pd.read_csv(path)
-    missing = {"location_id", "latitude", "longitude"} - set(frame.columns)
-    if missing:
-        raise DataError(f"missing column(s) {', '.join(sorted(missing))}", path=path, line=1)
-    frame = frame.sort_values("location_id", kind="stable")
-    return Places(
-        ids=frame["location_id"].to_numpy(),
-        latitude=frame["latitude"].to_numpy(dtype=np.float64),
-        longitude=frame["longitude"].to_numpy(dtype=np.float64),
-    )
-
-
 def prepare(config: RunConfig) -> Setup:
     """Public place table, prior, initial model and the instruction config."""
     dataset = None
     if config.places_path is not None:
-        places = read_places(config.places_path)
+        places = read_places_csv(config.places_path)
     else:
         dataset = simulation_dataset(config)
         places = dataset.places

@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Scalar] = {
     "fedgeo-entropy-slope": 0.1,
     "fedgeo-aggregation": "geometric-median",
     "fedgeo-drift-scale": 1.0,
-    "fedgeo-median-iters": 100,
+    "fedgeo-median-iters": 10,
     "fedgeo-median-tol": 1e-6,
     # local training (sent to the clients in every train instruction)
     "local-epochs": 1,
