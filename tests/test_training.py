@@ -56,7 +56,9 @@ def test_train_local_counts_examples_and_changes_only_given_parameters(city):
     model, features = build_model(city.num_places, 1, ModelConfig(**SMALL).without_prior(), None)
     before = model.state_dict()["user_embedding.weight"].clone()
     shared = [p for _, p in model.shared_parameters()]
-    stats = train_local(model, features, [user], TrainConfig(epochs=1, batch_size=16), params=shared)
+    stats = train_local(
+        model, features, [user], TrainConfig(epochs=1, batch_size=16), params=shared
+    )
     assert stats["num-examples"] == len(user.train)
     assert stats["steps"] == int(np.ceil(len(user.train) / 16))
     assert torch.equal(model.state_dict()["user_embedding.weight"], before)
