@@ -46,6 +46,7 @@ from server.checkpoint import (
 )
 from server.run_config import RunConfig
 from server.strategies import build_strategy, restore_strategy_state, seed_round, strategy_state
+from server.validation import split_valid
 
 logger = logging.getLogger("fedgeo.server")
 
@@ -418,12 +419,15 @@ class Federation:
         sampled = sorted(int(m.metadata.dst_node_id) for m in messages)
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout) if messages else []
         good, errors = _split(replies)
+        good, rejected = split_valid(good, to_numpy(arrays), float(cfg["max-update-norm"]))
         record: dict[str, Any] = {
             "round": server_round,
             "replies": len(good),
             "failures": len(errors),
+            "rejected": len(rejected),
             "missing": len(messages) - len(replies),
             "errors": errors[:5],
+            "rejections": rejected[:5],
             "skipped": None,
             "train": None,
         }
@@ -431,7 +435,7 @@ class Federation:
             record["skipped"] = f"{len(good)} good replies, need {cfg['min-replies']}"
         else:
             try:
-                new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+                new_arrays, metrics = strategy.aggregate_train(server_round, good)
                 if new_arrays is not None:
                     arrays = conform(new_arrays, self.setup.arrays)
                 else:

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Scalar] = {
     "research-mode": False,
     "round-timeout": 0.0,
     "min-replies": 1,
+    "max-update-norm": 0.0,
     "node-wait": 60.0,
     "client-state-dir": "",
     # strategy (read by server.strategies.build_strategy)
