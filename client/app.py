@@ -37,6 +37,7 @@ from flwr.common.constant import ErrorCode
 
 from client.algorithms import ARRAYS, CONFIG, CONTROL_DELTA, LOCAL_ONLY, METRICS, TrainInstructions
 from client.data_source import ClientSource, client_source
+from client.faults import InjectedFailure, attack_update, fails_this_round, is_attacker
 from client.local_training import (
     LDP_EPSILON,
     LDP_RADIUS_KM,
@@ -60,7 +61,7 @@ PROFILE = "profile"
 CLIENT_KEY = "client-key"
 """Query reply metric: the partition id of a simulated client, -1 on a device."""
 ERROR_CODE = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
-EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError)
+EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError, InjectedFailure)
 
 app = ClientApp()
 
@@ -113,9 +114,18 @@ def handle_train(message: Message, context: Context) -> Message:
     server_round = int(config.get(SERVER_ROUND, 0))
     store = _store(config, context, source)
     state = store.load(server_round, inclusive=False)
-    seed = client_seed(int(config.get(SEED, 0)), server_round, source.key)
-    outcome = train(local, _arrays(message), state, instructions, train_config(config, seed))
+    run_seed = int(config.get(SEED, 0))
+    if source.simulated and fails_this_round(config, run_seed, server_round, source.key):
+        raise InjectedFailure(f"injected failure (round {server_round})")
+    seed = client_seed(run_seed, server_round, source.key)
+    global_arrays = _arrays(message)
+    outcome = train(local, global_arrays, state, instructions, train_config(config, seed))
     store.save(server_round, outcome.state)
+    attacker = source.simulated and is_attacker(config, run_seed, source.key)
+    if outcome.arrays is not None and attacker:
+        outcome.arrays = attack_update(
+            config, global_arrays, outcome.arrays, run_seed, server_round, source.key
+        )
     content = RecordDict({METRICS: MetricRecord(outcome.metrics)})
     if outcome.arrays is not None:
         content[ARRAYS] = _record(outcome.arrays)

@@ -40,6 +40,11 @@ DEFAULTS: dict[str, Scalar] = {
     "round-timeout": 0.0,
     "min-replies": 1,
     "max-update-norm": 0.0,
+    # simulation-only fault and attack injection (client/faults.py)
+    "inject-failure-fraction": 0.0,
+    "inject-attack-fraction": 0.0,
+    "inject-attack": "sign-flip",
+    "inject-attack-scale": 1.0,
     "node-wait": 60.0,
     "client-state-dir": "",
     # strategy (read by server.strategies.build_strategy)
@@ -121,7 +126,18 @@ RESUMABLE_CHANGES = frozenset(
 )
 """Keys a resumed run may change; any other difference from the checkpoint is an error."""
 
-TRAIN_KEYS = ("local-epochs", "batch-size", "lr", "optimizer", "weight-decay", "grad-clip")
+TRAIN_KEYS = (
+    "local-epochs",
+    "batch-size",
+    "lr",
+    "optimizer",
+    "weight-decay",
+    "grad-clip",
+    "inject-failure-fraction",
+    "inject-attack-fraction",
+    "inject-attack",
+    "inject-attack-scale",
+)
 """Local-training keys forwarded to the clients."""
 
 

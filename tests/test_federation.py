@@ -86,6 +86,17 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         root / "fedavg-exact", strategy="fedavg", **{"model-user-embedding": False}
     )
     plan["bad-prior"] = tiny(root / "bad-prior", strategy="fedavg")
+    plan["faulty"] = tiny(root / "faulty", strategy="fedavg", **{"inject-failure-fraction": 0.5})
+    plan["attacked"] = tiny(
+        root / "attacked",
+        strategy="fedavg",
+        **{
+            "inject-attack-fraction": 0.5,
+            "inject-attack": "scale",
+            "inject-attack-scale": 1e4,
+            "max-update-norm": 100.0,
+        },
+    )
     bad_key = RunConfig.from_mapping(plan["bad-prior"]).run_key()
     results = simulate(
         list(plan.values()),
@@ -400,3 +411,31 @@ def test_simulate_resume_with_other_options_is_refused_before_starting(tmp_path,
     status = main([*args, *sets, "--seed", "2", "--resume"])
     assert status == 2
     assert "differ from the checkpoint's in seed" in capsys.readouterr().err
+
+
+def test_injected_failures_are_counted_and_the_rounds_complete(runs):
+    from client.faults import fails_this_round
+
+    results = runs["faulty"]["results"]
+    config = {"inject-failure-fraction": 0.5}
+    for record in results["rounds"]:
+        expected = sum(fails_this_round(config, 0, record["round"], k) for k in range(NODES))
+        assert record["failures"] == expected > 0
+        assert record["replies"] == NODES - expected and record["skipped"] is None
+        assert all("injected failure" in e for e in record["errors"])
+    assert math.isfinite(results["test"]["mrr"])
+
+
+def test_attackers_beyond_the_norm_bound_are_rejected_not_averaged(runs):
+    from client.faults import is_attacker
+
+    results = runs["attacked"]["results"]
+    attackers = sum(is_attacker({"inject-attack-fraction": 0.5}, 0, k) for k in range(NODES))
+    assert 0 < attackers < NODES
+    for record in results["rounds"]:
+        assert record["rejected"] == attackers
+        assert all("exceeds the bound" in r for r in record["rejections"])
+        assert record["skipped"] is None
+    final = final_arrays(runs["attacked"]["values"])
+    assert all(np.all(np.isfinite(v)) for v in final.values())
+    assert max(float(np.abs(v).max()) for v in final.values()) < 100.0
