@@ -23,18 +23,20 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-# Message contract (mirror of server.strategies.contract; client never imports server).
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-SERVER_ROUND = "server-round"
-PROXIMAL_MU = "proximal-mu"
-FEDDYN_ALPHA = "feddyn-alpha"
-LOCAL_ONLY = "local-only"
-SERVER_CONTROL = "server-control"
-CONTROL_DELTA = "control-delta"
+# Message contract: shared with the server through the library.
+from fedgeo.message_keys import (  # noqa: F401 (re-exported)
+    ARRAYS,
+    CONFIG,
+    CONTROL_DELTA,
+    FEDDYN_ALPHA,
+    LOCAL_ONLY,
+    METRICS,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    SERVER_CONTROL,
+    SERVER_ROUND,
+    TRAIN_LOSS,
+)
 
 Tensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-ARRAYS_KEY = "arrays"
+from fedgeo.message_keys import ARRAYS as ARRAYS_KEY
 
 
 def update_problem(

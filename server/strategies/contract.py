@@ -18,28 +18,19 @@ from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consis
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import FedAvg
 
-ARRAYS = "arrays"
-"""ArrayRecord: the global shared arrays (instruction) or the client's trained ones (reply)."""
-CONFIG = "config"
-"""ConfigRecord of the instruction."""
-METRICS = "metrics"
-"""MetricRecord of the reply."""
-NUM_EXAMPLES = "num-examples"
-"""Reply metric: number of local training examples (aggregation weight)."""
-TRAIN_LOSS = "train-loss"
-"""Reply metric: mean local training loss."""
-SERVER_ROUND = "server-round"
-"""Config: the current round (set by Flower's FedAvg)."""
-PROXIMAL_MU = "proximal-mu"
-"""Config: FedProx / FedGeo proximal weight (same key as Flower's FedProx)."""
-FEDDYN_ALPHA = "feddyn-alpha"
-"""Config: FedDyn regularization weight alpha."""
-LOCAL_ONLY = "local-only"
-"""Config: 1 tells the client to train and evaluate its own full model (no federation)."""
-SERVER_CONTROL = "server-control"
-"""Instruction ArrayRecord: SCAFFOLD server control variate c."""
-CONTROL_DELTA = "control-delta"
-"""Reply ArrayRecord: SCAFFOLD client control change c_i+ - c_i."""
+from fedgeo.message_keys import (  # noqa: F401 (re-exported)
+    ARRAYS,
+    CONFIG,
+    CONTROL_DELTA,
+    FEDDYN_ALPHA,
+    LOCAL_ONLY,
+    METRICS,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    SERVER_CONTROL,
+    SERVER_ROUND,
+    TRAIN_LOSS,
+)
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
