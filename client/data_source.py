@@ -5,12 +5,14 @@
   ``server.run_config.RunConfig.data_spec``). The worker process loads and
   preprocesses that data set once (cached by the spec) and the node keeps the user at
   index ``node_config["partition-id"]`` of ``Dataset.users``.
-* **Device** (the node config has ``data-path``): the node reads its own check-ins from
-  ``data-path`` (format ``data-format``: csv, tsmc2014 or snap; optional ``time-unit``)
-  and the public place table from ``places-path`` (CSV with columns ``location_id``,
-  ``latitude``, ``longitude``). The check-ins are preprocessed with the protocol of the
-  instruction's data spec (only its ``protocol`` is used); splits are then necessarily
-  computed from this user's own trajectories.
+* **Device** (the node config has ``store-path`` or ``data-path``): the node reads its
+  own check-ins from the device agent's SQLite store at ``store-path``
+  (:class:`client.agent.store.CheckinStore`) or from the file ``data-path`` (format
+  ``data-format``: csv, tsmc2014 or snap; optional ``time-unit``), and the public place
+  table from ``places-path`` (CSV with columns ``location_id``, ``latitude``,
+  ``longitude``). The check-ins are preprocessed with the protocol of the instruction's
+  data spec (only its ``protocol`` is used); splits are then necessarily computed from
+  this user's own trajectories.
 
 Either way the client ends with a :class:`~fedgeo.data.partition.ClientData` whose place
 indices are those of the public place table, the same on every node and on the server.
@@ -19,6 +21,7 @@ indices are those of the public place table, the same on every node and on the s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,13 +33,15 @@ from fedgeo.data.errors import DataError
 from fedgeo.data.loading import load_dataset
 from fedgeo.data.partition import ClientData, client_data
 from fedgeo.data.places_io import read_places_csv
-from fedgeo.data.protocol import ProtocolConfig
+from fedgeo.data.protocol import ProtocolConfig, preprocess
 from fedgeo.data.synthetic import SyntheticConfig
 
 DATA_SPEC = "data-spec"
 """Instruction config key: JSON description of the simulated data set."""
 PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
+STORE_PATH = "store-path"
+"""Node-config key of the device agent's check-in store (SQLite)."""
 DATA_FORMAT = "data-format"
 TIME_UNIT = "time-unit"
 PLACES_PATH = "places-path"
@@ -89,20 +94,14 @@ def _tuples(values: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-@lru_cache(maxsize=4)
-def device_user(
-    data_path: str, data_format: str, time_unit: str, places_path: str, protocol_json: str
-) -> ClientData:
-    """This device's user, with place indices of the public place table (cached)."""
+def _device_client(dataset: Dataset, places_path: str, source: str) -> ClientData:
+    """The single user of a device's preprocessed ``dataset``, with the place indices of
+    the public place table at ``places_path``; ``source`` names the data in errors."""
     places = read_places_csv(places_path)
-    protocol = ProtocolConfig(**json.loads(protocol_json))
-    dataset, _ = load_dataset(
-        data_path, data_format, time_unit=time_unit or None, protocol=protocol
-    )
     if len(dataset.users) != 1:
         raise DataError(
             f"a device holds one user's check-ins, found {len(dataset.users)} users",
-            path=data_path,
+            path=source,
             field="user_id",
         )
     index = {str(pid): i for i, pid in enumerate(places.ids)}
@@ -111,7 +110,7 @@ def device_user(
     if unknown:
         raise DataError(
             f"place id {unknown[0]!r} is not in the public place table {places_path}",
-            path=data_path,
+            path=source,
             field="location_id",
         )
     remap = np.asarray([index[pid] for pid in local_ids], dtype=np.int64)
@@ -129,26 +128,78 @@ def device_user(
     return ClientData(0, mapped, places)
 
 
+@lru_cache(maxsize=4)
+def device_user(
+    data_path: str, data_format: str, time_unit: str, places_path: str, protocol_json: str
+) -> ClientData:
+    """This device's user from a check-in file (cached)."""
+    protocol = ProtocolConfig(**json.loads(protocol_json))
+    dataset, _ = load_dataset(
+        data_path, data_format, time_unit=time_unit or None, protocol=protocol
+    )
+    return _device_client(dataset, places_path, data_path)
+
+
+def store_version(store_path: str) -> tuple[int, ...]:
+    """Size and modification time of the store's files (the database and its SQLite
+    journal/WAL): a change means new check-ins, so cached users are read again."""
+    out: list[int] = []
+    for suffix in ("", "-wal", "-journal"):
+        try:
+            info = os.stat(store_path + suffix)
+        except FileNotFoundError:
+            out += [-1, -1]
+        else:
+            out += [info.st_size, info.st_mtime_ns]
+    return tuple(out)
+
+
+@lru_cache(maxsize=4)
+def store_user(
+    store_path: str, places_path: str, protocol_json: str, version: tuple[int, ...]
+) -> ClientData:
+    """This device's user from the agent's check-in store (cached per ``version``, see
+    :func:`store_version`)."""
+    from client.agent.store import CheckinStore
+
+    if not os.path.isfile(store_path):
+        raise DataError("no check-in store: run 'fedgeo agent ingest' first", path=store_path)
+    table = CheckinStore(store_path).to_table()
+    if table.empty:
+        raise DataError("the check-in store is empty: run 'fedgeo agent ingest'", path=store_path)
+    protocol = ProtocolConfig(**json.loads(protocol_json))
+    dataset = preprocess(table, protocol, name=store_path)
+    return _device_client(dataset, places_path, store_path)
+
+
 def client_source(
     node_config: dict[str, Any], config: dict[str, Any], node_id: int
 ) -> ClientSource:
     """The node's data, from its node config (device) or the instruction (simulation)."""
     spec = config.get(DATA_SPEC)
-    if node_config.get(DATA_PATH):
+    device_key = STORE_PATH if node_config.get(STORE_PATH) else DATA_PATH
+    if node_config.get(device_key):
         if not node_config.get(PLACES_PATH):
-            raise ValueError(f"node config has '{DATA_PATH}' but no '{PLACES_PATH}'")
+            raise ValueError(f"node config has '{device_key}' but no '{PLACES_PATH}'")
         protocol = spec_from_json(str(spec))["protocol"] if spec else ProtocolConfig().to_dict()
-        data = device_user(
-            str(node_config[DATA_PATH]),
-            str(node_config.get(DATA_FORMAT, "csv")),
-            str(node_config.get(TIME_UNIT, "")),
-            str(node_config[PLACES_PATH]),
-            json.dumps(protocol, sort_keys=True),
-        )
-        return ClientSource(data, False, int(node_id), f"places:{node_config[PLACES_PATH]}")
+        protocol_json = json.dumps(protocol, sort_keys=True)
+        places_path = str(node_config[PLACES_PATH])
+        if device_key == STORE_PATH:
+            store_path = str(node_config[STORE_PATH])
+            data = store_user(store_path, places_path, protocol_json, store_version(store_path))
+        else:
+            data = device_user(
+                str(node_config[DATA_PATH]),
+                str(node_config.get(DATA_FORMAT, "csv")),
+                str(node_config.get(TIME_UNIT, "")),
+                places_path,
+                protocol_json,
+            )
+        return ClientSource(data, False, int(node_id), f"places:{places_path}")
     if spec is None:
         raise ValueError(
-            f"no data: the instruction has no '{DATA_SPEC}' and the node config no '{DATA_PATH}'"
+            f"no data: the instruction has no '{DATA_SPEC}' and the node config no "
+            f"'{STORE_PATH}' or '{DATA_PATH}'"
         )
     if PARTITION_ID not in node_config:
         raise ValueError(f"simulated node without '{PARTITION_ID}' in its node config")
