@@ -8,7 +8,8 @@ fields (dashes for underscores): ``model-*`` -> :class:`~fedgeo.models.ModelConf
 ``protocol-*`` -> :class:`~fedgeo.data.protocol.ProtocolConfig`, ``synthetic-*`` ->
 :class:`~fedgeo.data.synthetic.SyntheticConfig`, ``prior-*`` ->
 :class:`~fedgeo.geo.prior.PriorConfig`. Strategy keys are read by
-:func:`server.strategies.build_strategy`. The full table is in docs/federation.md.
+:func:`server.strategies.build_strategy`, the ``dp*`` keys (differential privacy of the
+updates) by :mod:`server.privacy`. The full table is in docs/federation.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import PriorConfig
 from fedgeo.models import ModelConfig
-from server.strategies.registry import PARAMETERS, coerce
+from server.strategies.registry import PARAMETERS, build_strategy, coerce
 
 Scalar = bool | int | float | str
 
@@ -109,6 +110,11 @@ DEFAULTS: dict[str, Scalar] = {
     # privacy of the data profile
     "profile-ldp-epsilon": 0.0,
     "profile-ldp-radius-km": 50.0,
+    # differential privacy of the model updates (server.privacy)
+    "dp": "none",
+    "dp-noise-multiplier": 1.0,
+    "dp-clipping-norm": 1.0,
+    "dp-delta": 0.0,
 }
 """Every run-config key with its default (pyproject's ``[tool.flwr.app.config]`` holds
 the same table; a test keeps them equal)."""
@@ -218,6 +224,9 @@ class RunConfig:
                 raise ValueError(f"run-config '{key}' must be >= 1, got {config.values[key]}")
         # Build every settings object once, so that a bad value fails here.
         _ = (config.model, config.protocol, config.prior, config.synthetic)
+        if str(config.values["dp"]).strip().lower() != "none":
+            # DP settings and their fit with the strategy fail here, before any node starts.
+            build_strategy(config.strategy, config.values, seed=config.seed)
         return config
 
     def __getitem__(self, key: str) -> Scalar:

@@ -175,9 +175,19 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any], *, seed: int) -
     """The strategy ``name_or_path`` configured from the flat run-config ``params``.
 
     ``name_or_path`` is one of :data:`STRATEGY_NAMES` or ``"package.module:Class"``.
+    With ``dp`` = ``"server"`` or ``"client"`` in ``params`` the strategy comes wrapped
+    in Flower's fixed-clipping DP wrapper (:func:`server.privacy.wrap`; ``dp-*`` keys).
     Raises ValueError for an unknown name, a bad value, an import path that is not a
-    Flower Strategy, or one whose required constructor arguments are missing.
+    Flower Strategy, one whose required constructor arguments are missing, or DP with
+    a strategy whose aggregate is not a plain mean.
     """
+    from server.privacy import DPSettings, wrap  # server.privacy imports this package
+
+    settings = DPSettings.from_values(params)
+    return wrap(_build(name_or_path, params, seed=seed), settings)
+
+
+def _build(name_or_path: str, params: Mapping[str, Any], *, seed: int) -> Strategy:
     name = name_or_path.strip()
     if ":" in name:
         return _from_import_path(name, params, seed=seed)
