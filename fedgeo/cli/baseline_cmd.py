@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fedgeo.cli.common import add_dataset_arguments, dataset_from_args
+from fedgeo.cli.common import add_dataset_arguments, dataset_from_args, prepare_out_dir
 
 METHODS = ("popular", "most-frequent", "markov")
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from fedgeo.data.protocol import dataset_summary
     from fedgeo.results import write_metrics_json, write_predictions_csv
 
+    prepare_out_dir(args.out)
     t0 = time.perf_counter()
     dataset = dataset_from_args(args)
     timings = {"load_s": time.perf_counter() - t0}

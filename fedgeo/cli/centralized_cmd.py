@@ -6,7 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from fedgeo.cli.common import add_dataset_arguments, dataset_from_args
+from fedgeo.cli.common import (
+    add_dataset_arguments,
+    dataset_from_args,
+    positive_float,
+    positive_int,
+    prepare_out_dir,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataset_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default 20)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--epochs", type=positive_int, default=20, help="maximum epochs (default 20)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -31,16 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model size and ablation switches."""
     group = parser.add_argument_group("model")
-    group.add_argument("--embedding-dim", type=int, default=64)
-    group.add_argument("--hidden-dim", type=int, default=128)
-    group.add_argument("--window", type=int, default=20)
+    group.add_argument("--embedding-dim", type=positive_int, default=64)
+    group.add_argument("--hidden-dim", type=positive_int, default=128)
+    group.add_argument("--window", type=positive_int, default=20)
     group.add_argument("--no-prior", action="store_true", help="switch off every use of the prior")
     group.add_argument("--no-prior-init", action="store_true")
     group.add_argument("--no-prior-propagation", action="store_true")
     group.add_argument("--no-prior-score", action="store_true")
     group.add_argument("--no-personal-memory", action="store_true")
     group.add_argument("--no-user-embedding", action="store_true")
-    group.add_argument("--prior-k", type=int, default=10, help="neighbours per place in the prior")
+    group.add_argument(
+        "--prior-k", type=positive_int, default=10, help="neighbours per place in the prior"
+    )
 
 
 def model_config_from_args(args: argparse.Namespace):
@@ -63,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from fedgeo.centralized import run_centralized
     from fedgeo.training import TrainConfig
 
+    prepare_out_dir(args.out)
     t0 = time.perf_counter()
     dataset = dataset_from_args(args)
     load_s = time.perf_counter() - t0

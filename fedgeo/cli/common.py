@@ -9,11 +9,53 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
 import sys
+from pathlib import Path
 
 from fedgeo.cli.errors import UsageError
 from fedgeo.data.readers import FORMATS, TIME_UNITS, ReadResult, read_checkins
 from fedgeo.data.readers.columns import CANONICAL
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
+def prepare_out_dir(path: Path) -> Path:
+    """Create the output folder before any work, so that a wrong ``--out`` (a file, no
+    permission) fails at once rather than after training."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from fedgeo import __version__
 from fedgeo.cli.errors import UsageError
@@ -27,11 +28,22 @@ BUILTIN_COMMANDS = (
     "fedgeo.cli.centralized_cmd",
 )
 
+BAD_PATH_ERRORS = (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+"""OS errors that a wrong path given by the user causes: exit status 2."""
+
 __all__ = ["UsageError", "build_parser", "main"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``fedgeo CMD: error: ...``, exit status 2); the
+    sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedgeo",
         description="Federated next-location prediction (FedGeo).",
     )
@@ -48,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 failure, 2 bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version or a wrong option (status 2)
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     try:
         status = args.func(args)
     except (DataError, UsageError) as err:
@@ -63,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedgeo: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # e.g. --out names a file; a full disk is no bad input (1)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"fedgeo: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2 if isinstance(err, BAD_PATH_ERRORS) else 1
     return int(status or 0)
 
 

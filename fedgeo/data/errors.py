@@ -37,3 +37,18 @@ class DataError(ValueError):
             where = f"line {self.line}: "
         field = f"field '{self.field}': " if self.field else ""
         return f"{where}{field}{self.message}"
+
+
+class TooLittleData(DataError):
+    """Valid data, but too little of it to train on (for example one check-in, or no
+    training sample left after the protocol).
+
+    The CLI treats it like any :class:`DataError` (exit status 2). A federated client
+    that raises it replies with an error of code :data:`TOO_LITTLE_DATA_CODE`, so that
+    the server counts it as skipped for lack of data rather than as a failure.
+    """
+
+
+TOO_LITTLE_DATA_CODE = 100
+"""Error code (Flower ``Error.code``) of a client reply that reports
+:class:`TooLittleData`. Flower's own codes are single digits."""

@@ -13,6 +13,7 @@ import pandas as pd
 
 from fedgeo.data.dataset import Places
 from fedgeo.data.errors import DataError
+from fedgeo.data.readers.fields import id_values
 
 PLACE_COLUMNS = ("location_id", "latitude", "longitude")
 
@@ -25,7 +26,7 @@ def read_places_csv(path: str | Path) -> Places:
     """
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"location_id": str})
     except FileNotFoundError:
         raise
     except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -43,7 +44,12 @@ def read_places_csv(path: str | Path) -> Places:
                 line=int(bad[0]) + 2,
                 field=column,
             )
-    ids = frame["location_id"]
+    # The readers' rule for ids (fedgeo.data.readers.fields.id_values): int64 when every
+    # id is a plain integer, else text, so "007" stays "007" on both sides.
+    empty = np.flatnonzero(frame["location_id"].isna().to_numpy())
+    if len(empty):
+        raise DataError("empty place id", path=path, line=int(empty[0]) + 2, field="location_id")
+    ids = id_values(frame["location_id"].str.strip())
     duplicated = np.flatnonzero(ids.duplicated().to_numpy())
     if len(duplicated):
         raise DataError(

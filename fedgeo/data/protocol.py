@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from fedgeo.data.dataset import Dataset, Places, UserData
-from fedgeo.data.errors import DataError
+from fedgeo.data.errors import DataError, TooLittleData
 from fedgeo.data.table import validate_table
 
 SPLITS = ("global", "per-user")
@@ -126,7 +126,8 @@ def preprocess(
 ) -> Dataset:
     """Apply the protocol (see the module docstring) to a canonical check-in table.
 
-    Raises :class:`DataError` when the table is invalid or nothing is left to train on.
+    Raises :class:`DataError` when the table is invalid, and its subclass
+    :class:`~fedgeo.data.errors.TooLittleData` when nothing is left to train on.
     """
     config = config if config is not None else ProtocolConfig()
     validate_table(table, source=name)
@@ -168,7 +169,12 @@ def preprocess(
     traj_user, traj_time = u[first_row], t[first_row]
     n_traj = len(first_row)
     if n_traj == 0:
-        raise DataError("no trajectory with two or more check-ins", path=name)
+        raise TooLittleData(
+            f"too little data to train: no trajectory with two or more check-ins "
+            f"({len(table)} check-in{'s' if len(table) != 1 else ''}, "
+            f"{len(user_ids)} user{'s' if len(user_ids) != 1 else ''})",
+            path=name,
+        )
 
     # Split label per trajectory: 0 train, 1 validation, 2 test.
     label = np.empty(n_traj, dtype=np.int8)
@@ -191,6 +197,12 @@ def preprocess(
     has_train = np.zeros(len(user_ids), dtype=bool)
     has_train[traj_user[label == 0]] = True
     users_without_train = int(len(np.unique(traj_user)) - has_train.sum())
+    if not has_train.any():
+        raise TooLittleData(
+            f"too little data to train: none of the {n_traj} trajectories is for training "
+            f"(split {config.split!r}, train_frac {config.train_frac:g})",
+            path=name,
+        )
     keep_traj = has_train[traj_user]
     keep = keep_traj[traj]
     order, u, starts = order[keep], u[keep], starts[keep]
