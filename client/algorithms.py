@@ -4,8 +4,8 @@ All functions work on PyTorch tensors keyed by shared-parameter name (a dict, or
 ``(name, tensor)`` pairs of ``NextLocationModel.shared_parameters()``). They plug into
 ``fedgeo.training.train_local`` hooks:
 
-* FedProx / FedGeo anchoring: ``extra_loss = lambda m: proximal_term(m.shared_parameters(),
-  global_params, mu)``;
+* FedProx / FedGeo anchoring: ``after_backward = lambda m: add_proximal_gradient(
+  m.shared_parameters(), global_params, mu)`` (the gradient of ``proximal_term``);
 * FedDyn: ``extra_loss = lambda m: feddyn_regularizer(m.shared_parameters(), global_params,
   grad_state, alpha)``, then after training ``grad_state = feddyn_update_state(...)``;
 * SCAFFOLD: ``after_backward = lambda m: scaffold_correct_gradients(m.shared_parameters(),
@@ -104,6 +104,20 @@ def proximal_term(params: Tensors, global_params: Tensors, mu: float) -> torch.T
         g = _get(anchors, key, "global_params").detach().to(w.device, w.dtype)
         total = total.to(w.device) + (w - g).pow(2).sum()
     return 0.5 * float(mu) * total
+
+
+def add_proximal_gradient(params: Tensors, global_params: Tensors, mu: float) -> None:
+    """Add the gradient of :func:`proximal_term`, ``mu * (w - w_global)``, to each
+    parameter's ``.grad`` in place: the same update as adding the term to the loss,
+    without putting every shared parameter into the autograd graph at every step."""
+    named, anchors = _named(params), _named(global_params)
+    with torch.no_grad():
+        for key, w in named.items():
+            g = _get(anchors, key, "global_params").to(w.device, w.dtype)
+            if w.grad is None:
+                w.grad = float(mu) * (w - g)
+            else:
+                w.grad.add_(w - g, alpha=float(mu))
 
 
 def scaffold_correct_gradients(

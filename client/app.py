@@ -9,12 +9,20 @@
   ``num-examples``, so the server micro-averages exactly. With ``return-ranks`` = 1
   (research mode, simulated clients only) the reply also lists every sample's rank and
   target place index.
+* With client-side DP (server run config ``dp = "client"``) train replies pass
+  through Flower's ``fixedclipping_mod``, which clips the update to the instruction's
+  ``clipping_norm`` (docs/privacy.md).
+* On a device (node config ``agent-dir``) the global arrays of ``train`` and ``evaluate``
+  are also kept as the agent's latest global model (:mod:`client.agent.device_state`).
 * ``query``: reply with the data profile (``checkins``, ``distinct_places``, ``entropy``,
   ``radius_of_gyration_km``), Laplace-noised when ``profile-ldp-epsilon`` > 0, and the
   client key (partition id; -1 on a device).
 
 A bad instruction or bad local data (including a geographic prior whose checksum is not
-the server's) gets an error reply with a one-line reason instead of a crash.
+the server's) gets an error reply with a one-line reason instead of a crash. Too little
+data to train (:class:`~fedgeo.data.errors.TooLittleData`, e.g. one check-in) gets the
+error code ``TOO_LITTLE_DATA_CODE``, so that the server skips the client rather than
+counting a failure; its reason carries no file path.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,
+    ConfigRecord,
     Context,
     Error,
     Message,
@@ -33,8 +42,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common.constant import ErrorCode
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.agent.device_state import record_global_model
 from client.algorithms import ARRAYS, CONFIG, CONTROL_DELTA, LOCAL_ONLY, METRICS, TrainInstructions
 from client.data_source import ClientSource, client_source
 from client.faults import InjectedFailure, attack_update, fails_this_round, is_attacker
@@ -54,7 +66,7 @@ from client.local_training import (
     train_config,
 )
 from client.state import ClientStateStore
-from fedgeo.data.errors import DataError
+from fedgeo.data.errors import TOO_LITTLE_DATA_CODE, DataError, TooLittleData
 
 PROFILE = "profile"
 """Reply MetricRecord of a query."""
@@ -96,6 +108,9 @@ def _safely(handler: Callable[[Message, Context], Message]):
     def run(message: Message, context: Context) -> Message:
         try:
             return handler(message, context)
+        except TooLittleData as err:  # reported and skipped, not a failure (no file path)
+            error = Error(code=TOO_LITTLE_DATA_CODE, reason=f"fedgeo client: {err.message}")
+            return Message(error, reply_to=message)
         except EXPECTED_ERRORS as err:
             reason = f"fedgeo client: {type(err).__name__}: {err}".splitlines()[0]
             return Message(Error(code=ERROR_CODE, reason=reason), reply_to=message)
@@ -103,7 +118,16 @@ def _safely(handler: Callable[[Message, Context], Message]):
     return run
 
 
-@app.train()
+def dp_clipping_mod(message: Message, context: Context, call_next) -> Message:
+    """Client-side DP (server ``dp = "client"``): Flower's ``fixedclipping_mod`` on train
+    instructions that carry a clipping norm; any other message passes through."""
+    config = message.content.get(CONFIG)
+    if isinstance(config, ConfigRecord) and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(message, context, call_next)
+    return call_next(message, context)
+
+
+@app.train(mods=[dp_clipping_mod])
 @_safely
 def handle_train(message: Message, context: Context) -> Message:
     """Local training on the client's own data."""
@@ -119,6 +143,8 @@ def handle_train(message: Message, context: Context) -> Message:
         raise InjectedFailure(f"injected failure (round {server_round})")
     seed = client_seed(run_seed, server_round, source.key)
     global_arrays = _arrays(message)
+    node_config = context.node_config
+    record_global_model(node_config, config, source, global_arrays, server_round, server_round - 1)
     outcome = train(local, global_arrays, state, instructions, train_config(config, seed))
     store.save(server_round, outcome.state)
     attacker = source.simulated and is_attacker(config, run_seed, source.key)
@@ -146,6 +172,9 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     split = str(config.get(SPLIT, "validation"))
     local_only = bool(int(config.get(LOCAL_ONLY, 0)))
     global_arrays = _arrays(message) if ARRAYS in message.content else None
+    if global_arrays is not None:
+        node_config = context.node_config
+        record_global_model(node_config, config, source, global_arrays, server_round, server_round)
     evaluation = evaluate_split(local, global_arrays, state, split, local_only)
     sums = evaluation.sums
     metrics: dict = {**sums.to_dict(), "num-examples": int(sums.count)}

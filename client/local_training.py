@@ -19,14 +19,15 @@ import torch
 
 from client.algorithms import (
     TrainInstructions,
+    add_proximal_gradient,
     feddyn_regularizer,
     feddyn_update_state,
-    proximal_term,
     scaffold_correct_gradients,
     scaffold_update_control,
 )
 from client.data_source import ClientSource
 from client.state import select, with_prefix
+from fedgeo.data.errors import TooLittleData
 from fedgeo.data.partition import client_profile
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
 from fedgeo.models import FeatureBuilder, ModelConfig, NextLocationModel, SampleIndex, build_model
@@ -204,7 +205,9 @@ def client_side(
     algorithm = instructions.algorithm
     if algorithm == "proximal":
         mu = instructions.proximal_mu
-        return ClientSide(extra_loss=lambda m: proximal_term(m.shared_parameters(), anchor, mu))
+        return ClientSide(
+            after_backward=lambda m: add_proximal_gradient(m.shared_parameters(), anchor, mu)
+        )
     if algorithm == "feddyn":
         alpha = float(instructions.feddyn_alpha)
         g = _tensors(select(state, "feddyn"), reference) or None
@@ -236,6 +239,18 @@ def client_side(
     return ClientSide()  # plain and local-only training
 
 
+def check_trainable(local: LocalModel) -> None:
+    """Raise :class:`~fedgeo.data.errors.TooLittleData` when the client's user has no
+    training sample (the message says how many check-ins it holds)."""
+    user = local.source.data.user
+    if len(user.train) == 0:
+        checkins = len(user)
+        raise TooLittleData(
+            f"too little data to train: 0 training samples ({checkins} "
+            f"check-in{'s' if checkins != 1 else ''})"
+        )
+
+
 def train(
     local: LocalModel,
     global_arrays: Mapping[str, np.ndarray],
@@ -248,7 +263,11 @@ def train(
     FedProx/FedGeo add the proximal term, FedDyn its regularizer (and update ``g_i``),
     SCAFFOLD corrects gradients with ``c - c_i`` (and updates ``c_i``); local-only
     trains the client's own model and sends no arrays.
+
+    Raises :class:`~fedgeo.data.errors.TooLittleData` when the client has no training
+    sample (the client then reports it and the server skips it).
     """
+    check_trainable(local)
     prepare(local, global_arrays, state, instructions.local_only)
     model = local.model
     reference = model.state_dict()

@@ -11,10 +11,8 @@ and renamed over the old one (``os.replace``), so a crash never leaves half a fi
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedgeo.atomic import atomic_write
 from fedgeo.results import to_jsonable
 
 CHECKPOINT_FILE = "checkpoint.pkl"
@@ -58,21 +57,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         np.random.set_state(states["numpy"])
     if "torch" in states:
         torch.set_rng_state(states["torch"])
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> Path:

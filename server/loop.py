@@ -5,18 +5,31 @@ checkpoint every round, resume, evaluate every ``eval-every`` rounds, count fail
 time rounds:
 
 1. *Nodes.* Wait for the nodes, send every node a ``query`` and keep those that answer.
-   Each gets a **stable id**: ``1 + partition id`` for a simulated node, its Flower node
-   id on a device. Flower draws fresh random node ids in every simulation, so the
-   strategies see the nodes only through :class:`NodeView`, which renames them; node
-   sampling then depends only on ``(seed, round, node)`` and a resumed run samples the
-   same clients. The replies' data profiles go to ``strategy.set_profiles`` (FedGeo).
+   Each gets a **stable id**: ``1 + partition id`` for a simulated node, the lower 63
+   bits of its Flower node id on a device. Flower draws fresh random node ids in every
+   simulation, so the strategies see the nodes only through :class:`NodeView`, which
+   renames them; node sampling then depends only on ``(seed, round, node)`` and a
+   resumed run samples the same clients. The replies' data profiles go to
+   ``strategy.set_profiles`` (FedGeo).
 2. *Round r.* ``seed_round(seed, r)``; ``configure_train`` -> ``send_and_receive`` ->
-   ``aggregate_train``. Error replies are counted as failures; with fewer than
+   ``aggregate_train``. Error replies are counted as failures, except those of clients
+   with too little data to train (``too_little_data``, see below); with fewer than
    ``min-replies`` good replies, or when aggregation fails, the round keeps the previous
    arrays (logged, never a crash). Every ``eval-every`` rounds and in the last round:
    ``configure_evaluate`` -> ``aggregate_evaluate`` on the validation split, with
    metrics micro-averaged from the clients' sums. Then a checkpoint.
 3. *End.* Every node evaluates the final model on its test samples; ``results.json``.
+
+A client whose data is too small to train replies with an error of code
+:data:`~fedgeo.data.errors.TOO_LITTLE_DATA_CODE`. It is no failure: such replies are
+logged at INFO and counted apart, as ``too_little_data`` of the nodes and of each round
+(and left out of ``test_failures``).
+
+With ``dp`` on, the strategy comes in a Flower DP wrapper (:mod:`server.privacy`): the
+loop reaches FedGeo's hooks (profiles, participation log) through
+:func:`server.privacy.unwrap`, tells the wrapper how many clients a round samples once
+the nodes are known, and keeps ``results["privacy"]`` (the privacy spent so far, per
+round and on resume).
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
+from fedgeo.data.errors import TOO_LITTLE_DATA_CODE
 from fedgeo.metrics import MetricSums
 from server.checkpoint import (
     Checkpoint,
@@ -44,6 +58,7 @@ from server.checkpoint import (
     save_checkpoint,
     write_results,
 )
+from server.privacy import PrivacyLedger, unwrap
 from server.run_config import RunConfig
 from server.strategies import build_strategy, restore_strategy_state, seed_round, strategy_state
 from server.validation import split_valid
@@ -189,10 +204,16 @@ def micro_average(records: list[RecordDict], weighted_by_key: str = "") -> Metri
     return MetricRecord(total.finalize())
 
 
-def _split(replies: list[Message]) -> tuple[list[Message], list[str]]:
+def _split(replies: list[Message]) -> tuple[list[Message], list[str], list[str]]:
+    """The good replies, the errors, and the replies of clients with too little data to
+    train (error code ``TOO_LITTLE_DATA_CODE``; not among the errors), as reasons."""
     good = [m for m in replies if not m.has_error()]
-    errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
-    return good, errors
+    errors, too_small = [], []
+    for m in replies:
+        if m.has_error():
+            reason = f"node {m.metadata.src_node_id}: {m.error.reason}"
+            (too_small if m.error.code == TOO_LITTLE_DATA_CODE else errors).append(reason)
+    return good, errors, too_small
 
 
 def wait_for_nodes(
@@ -226,8 +247,11 @@ def wait_for_nodes(
 
 def discover_nodes(
     grid: Grid, setup: Setup, stop: threading.Event | None = None
-) -> tuple[NodeView, dict[int, dict[str, float]], list[str]]:
-    """Wait for the nodes, query their profiles, and name them by stable id."""
+) -> tuple[NodeView, dict[int, dict[str, float]], list[str], list[str]]:
+    """Wait for the nodes, query their profiles, and name them by stable id.
+
+    Returns the view, the profiles, the query errors and the replies of nodes with too
+    little data to train (left out, not errors)."""
     cfg = setup.config
     minimum = max(
         int(cfg["min-available-nodes"]), int(cfg["min-train-nodes"]), int(cfg["min-evaluate-nodes"])
@@ -239,14 +263,16 @@ def discover_nodes(
         for node in nodes
     ]
     identity = NodeView(grid, {n: n for n in nodes}, stop)
-    good, errors = _split(identity.send_and_receive(messages, timeout=cfg.round_timeout))
+    replies = identity.send_and_receive(messages, timeout=cfg.round_timeout)
+    good, errors, too_small = _split(replies)
     mapping: dict[int, int] = {}
     profiles: dict[int, dict[str, float]] = {}
     for reply in good:
         profile = dict(reply.content[PROFILE])
         key = int(profile.pop(CLIENT_KEY, -1))
         real = int(reply.metadata.src_node_id)
-        stable = key + 1 if key >= 0 else real
+        # Flower node ids are unsigned 64-bit; strategies hold node ids as int64.
+        stable = key + 1 if key >= 0 else real & 0x7FFF_FFFF_FFFF_FFFF
         if stable in profiles:
             errors.append(f"node {real}: client key {key} already taken; node left out")
             continue
@@ -254,12 +280,15 @@ def discover_nodes(
         profiles[stable] = {k: float(v) for k, v in profile.items()}
     for error in errors:
         logger.warning("query failed: %s", error)
+    for reason in too_small:
+        logger.info("node left out: %s", reason)
     if len(mapping) < minimum:
         raise RuntimeError(
             f"only {len(mapping)} node(s) answered the profile query, need {minimum}"
+            + (f"; {len(too_small)} with too little data to train" if too_small else "")
             + (f"; first error: {errors[0]}" if errors else "")
         )
-    return NodeView(grid, mapping, stop), profiles, errors
+    return NodeView(grid, mapping, stop), profiles, errors, too_small
 
 
 def _participation(strategy: Strategy, server_round: int, sampled: list[int]) -> dict[str, Any]:
@@ -306,11 +335,17 @@ class Federation:
         self.on_round = on_round
         self.stop = stop
         self.strategy = build_strategy(self.cfg.strategy, self.cfg.values, seed=self.cfg.seed)
+        self.privacy = PrivacyLedger.from_values(self.cfg.values)
         self.final_arrays: dict[str, np.ndarray] | None = None
         """The global arrays at the end of :meth:`run`."""
         self.test_failures = 0
-        if hasattr(self.strategy, "evaluate_metrics_aggr_fn"):
-            self.strategy.evaluate_metrics_aggr_fn = micro_average
+        if hasattr(self.base, "evaluate_metrics_aggr_fn"):
+            self.base.evaluate_metrics_aggr_fn = micro_average
+
+    @property
+    def base(self) -> Strategy:
+        """The strategy itself, inside its DP wrapper if any."""
+        return unwrap(self.strategy)
 
     def instruction(self, server_round: int, **extra: Any) -> ConfigRecord:
         return ConfigRecord({**self.setup.instruction, SERVER_ROUND: server_round, **extra})
@@ -321,13 +356,22 @@ class Federation:
         out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         arrays, results, start = self._start()
-        view, profiles, query_errors = discover_nodes(self.grid, self.setup, self.stop)
-        if hasattr(self.strategy, "set_profiles"):
-            self.strategy.set_profiles(profiles)
+        view, profiles, query_errors, too_small = discover_nodes(self.grid, self.setup, self.stop)
+        if hasattr(self.base, "set_profiles"):
+            self.base.set_profiles(profiles)
         results["nodes"] = {
             "federated": len(view.get_node_ids()),
             "query_failures": len(query_errors),
+            "too_little_data": len(too_small),
         }
+        self.privacy.start(
+            self.strategy,
+            len(view.get_node_ids()),
+            seed=cfg.seed,
+            simulated=self.setup.expected_nodes is not None,
+            previous=results.get("privacy"),
+        )
+        results["privacy"] = self.privacy.summary()
         for server_round in range(start, cfg.num_rounds + 1):
             record, arrays = self._round(view, server_round, arrays)
             results["rounds"].append(record)
@@ -335,7 +379,8 @@ class Federation:
                 results["evaluation"].append({"round": server_round, **record["evaluate"]})
                 results["validation"] = record["evaluate"]
             results["participation"]["per_round"].append(record["participation"]["sampled"])
-            results["participation"]["probabilities"] = _probabilities(self.strategy)
+            results["participation"]["probabilities"] = _probabilities(self.base)
+            results["privacy"] = self.privacy.summary()
             results["timings_s"]["rounds"].append(record["seconds"])
             save_checkpoint(
                 out_dir,
@@ -418,18 +463,22 @@ class Federation:
         messages = list(strategy.configure_train(server_round, arrays, config, view))
         sampled = sorted(int(m.metadata.dst_node_id) for m in messages)
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout) if messages else []
-        good, errors = _split(replies)
+        good, errors, too_small = _split(replies)
+        for reason in too_small:
+            logger.info("round %d: client skipped: %s", server_round, reason)
         good, rejected = split_valid(good, to_numpy(arrays), float(cfg["max-update-norm"]))
         record: dict[str, Any] = {
             "round": server_round,
             "replies": len(good),
             "failures": len(errors),
+            "too_little_data": len(too_small),
             "rejected": len(rejected),
             "missing": len(messages) - len(replies),
             "errors": errors[:5],
             "rejections": rejected[:5],
             "skipped": None,
             "train": None,
+            "privacy": None,
         }
         if len(good) < int(cfg["min-replies"]):
             record["skipped"] = f"{len(good)} good replies, need {cfg['min-replies']}"
@@ -445,7 +494,9 @@ class Federation:
                 record["skipped"] = f"aggregation failed: {err}"
         if record["skipped"]:
             logger.warning("round %d keeps the previous model: %s", server_round, record["skipped"])
-        record["participation"] = _participation(strategy, server_round, sampled)
+        else:
+            record["privacy"] = self.privacy.record_round(strategy)
+        record["participation"] = _participation(self.base, server_round, sampled)
         return record, arrays
 
     def _evaluate(self, view: NodeView, server_round: int, arrays: ArrayRecord) -> dict | None:
@@ -475,9 +526,12 @@ class Federation:
             template[0].content if template else RecordDict({"arrays": arrays, "config": config})
         )
         messages = [Message(content, node, "evaluate") for node in view.get_node_ids()]
-        good, errors = _split(view.send_and_receive(messages, timeout=cfg.round_timeout))
+        replies = view.send_and_receive(messages, timeout=cfg.round_timeout)
+        good, errors, too_small = _split(replies)
         for error in errors:
             logger.warning("final test failed: %s", error)
+        for reason in too_small:
+            logger.info("final test: client skipped: %s", reason)
         self.test_failures = len(errors)
         if research and good:
             self._write_predictions(good)

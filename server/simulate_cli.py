@@ -20,11 +20,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedgeo.cli.common import fraction, positive_int, prepare_out_dir
 from fedgeo.cli.main import UsageError
+from fedgeo.data.errors import DataError
 from fedgeo.data.readers import FORMATS
 
 if TYPE_CHECKING:  # Flower and the server modules load only when the command runs
     from flwr.serverapp import Grid
+
+    from fedgeo.data.dataset import Dataset
+    from server.run_config import RunConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,11 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="PATH", help="check-in file (default: synthetic city)")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (csv)")
     parser.add_argument("--strategy", required=True, help="strategy name or module:Class")
-    parser.add_argument("--rounds", type=int, help="number of rounds (run-config num-rounds)")
-    parser.add_argument("--fraction", type=float, help="fraction of clients per round")
+    parser.add_argument(
+        "--rounds", type=positive_int, help="number of rounds (run-config num-rounds)"
+    )
+    parser.add_argument("--fraction", type=fraction, help="fraction of clients per round")
     parser.add_argument("--seed", type=int, help="run seed")
-    parser.add_argument("--local-epochs", type=int, help="local epochs per round")
-    parser.add_argument("--eval-every", type=int, help="validate every K rounds")
+    parser.add_argument("--local-epochs", type=positive_int, help="local epochs per round")
+    parser.add_argument("--eval-every", type=positive_int, help="validate every K rounds")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
     parser.add_argument(
@@ -53,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="any run-config key (repeatable), e.g. --set model-hidden-dim=32",
     )
     parser.add_argument(
-        "--cpus", type=int, help="CPUs for Ray: clients run in parallel (default: all)"
+        "--cpus", type=positive_int, help="CPUs for Ray: clients run in parallel (default: all)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
@@ -115,11 +122,16 @@ def run(args: argparse.Namespace) -> int:
 
     if config.places_path is not None:
         raise UsageError("places-path is for deployments; simulate uses the data set's places")
-    users = len(simulation_dataset(config).users)  # bad data fails here, before Ray starts
+    prepare_out_dir(config.out_dir)
+    try:  # bad data fails here, before Ray starts
+        dataset = simulation_dataset(config)
+    except DataError:
+        raise
+    except ValueError as err:  # e.g. an unknown time-unit or data-format
+        raise UsageError(str(err)) from None
+    users = check_before_start(config, dataset)
     if args.resume:
-        from server.checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(config.out_dir)
+        checkpoint = _checkpoint(config.out_dir)
         if checkpoint is not None and (changed := config.differences(checkpoint.config)):
             raise UsageError(
                 f"--resume: the options differ from the checkpoint's in {', '.join(changed)}"
@@ -134,6 +146,82 @@ def run(args: argparse.Namespace) -> int:
         f"-> {config.out_dir}/results.json"
     )
     return 0
+
+
+def check_before_start(config: RunConfig, dataset: Dataset) -> int:
+    """Fail now, with a one-line message, on what would otherwise fail (or hang) only
+    once the simulation engine runs: too few users for the node minimums, fractions
+    outside their ranges, a strategy that cannot be built, a model or optimizer setting
+    the library refuses. Returns the number of users (one simulated node each)."""
+    import torch
+
+    from client.faults import ATTACKS
+    from fedgeo.models import SampleIndex, build_model
+    from fedgeo.training import TrainConfig, make_optimizer
+    from server.strategies import build_strategy
+
+    values = config.values
+    keys = ("min-available-nodes", "min-train-nodes", "min-evaluate-nodes")
+    need = max(int(values[k]) for k in keys)
+    users = len(dataset.users)
+    if users < need:
+        raise DataError(
+            f"{users} user(s) after preprocessing, but the federation waits for at least "
+            f"{need} nodes ({', '.join(keys)}; one node per user)",
+            path=config.data_path or "synthetic city",
+        )
+    for key in ("fraction-train", "fraction-evaluate"):
+        if not 0 < float(values[key]) <= 1:
+            raise UsageError(f"run-config '{key}' must be in (0, 1], got {values[key]}")
+    for key in ("inject-failure-fraction", "inject-attack-fraction"):
+        if not 0 <= float(values[key]) <= 1:
+            raise UsageError(f"run-config '{key}' must be in [0, 1], got {values[key]}")
+    if str(values["inject-attack"]) not in ATTACKS:
+        raise UsageError(
+            f"run-config 'inject-attack' must be one of {', '.join(ATTACKS)}, "
+            f"got {values['inject-attack']!r}"
+        )
+    try:
+        build_strategy(config.strategy, values, seed=config.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        # One forward pass on the first user's first training sample: model settings
+        # the library refuses fail here (without the prior: cheap).
+        model, features = build_model(dataset.num_places, 1, config.model.without_prior())
+        index = SampleIndex(dataset.users[:1])
+        sample_users, positions = index.samples("train")
+        with torch.no_grad():
+            model(features.build(index, sample_users[:1], positions[:1]))
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"model settings (model-*): {str(err).splitlines()[0]}") from None
+    settings = config.train_settings()
+    try:
+        make_optimizer(
+            model.parameters(),
+            TrainConfig(
+                lr=float(settings["lr"]),
+                optimizer=str(settings["optimizer"]),
+                weight_decay=float(settings["weight-decay"]),
+            ),
+        )
+    except ValueError as err:
+        raise UsageError(f"local training settings (lr, optimizer, weight-decay): {err}") from None
+    return users
+
+
+def _checkpoint(out_dir: Path):  # -> server.checkpoint.Checkpoint | None
+    """The checkpoint ``--resume`` would continue from; a damaged one is a DataError."""
+    from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    try:
+        return load_checkpoint(out_dir)
+    except Exception as err:  # unpickling a damaged file can raise almost anything
+        raise DataError(
+            f"not a readable FedGeo checkpoint ({type(err).__name__}: {err}); delete it to "
+            "start afresh",
+            path=out_dir / CHECKPOINT_FILE,
+        ) from None
 
 
 def simulate(
@@ -191,6 +279,9 @@ def simulate(
             run_server(view, {**dict(context.run_config), **values}, on_round=on_round, stop=stop)
             done[0] += config.num_rounds
 
+    # Ray starts its workers at niceness 15; on a small machine anything else running
+    # would then starve the clients. Run them at normal priority unless told otherwise.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         # One BLAS thread in this process: the server thread's linear algebra then
         # cannot hang in OpenBLAS's thread pool after an earlier simulation's server

@@ -13,6 +13,7 @@ import client.algorithms as algo
 import server.strategies.contract as contract
 from client.algorithms import (
     TrainInstructions,
+    add_proximal_gradient,
     feddyn_regularizer,
     feddyn_update_state,
     proximal_term,
@@ -42,6 +43,19 @@ def test_proximal_term_value_and_gradient() -> None:
     torch.testing.assert_close(w["a"].grad, 0.5 * t(1.0, 1.0))
     torch.testing.assert_close(w["b"].grad, 0.5 * t(-2.0))
     assert g["a"].grad is None
+
+
+def test_proximal_gradient_hook_adds_the_terms_gradient() -> None:
+    """The in-place hook used in training equals autograd on the proximal term."""
+    g = {"a": t(0.0, 1.0), "b": t(1.0)}
+    by_autograd = {"a": leaf(1.0, 2.0), "b": leaf(-1.0)}
+    loss = (by_autograd["a"] ** 2).sum() + proximal_term(by_autograd, g, mu=0.5)
+    loss.backward()
+    by_hook = {"a": leaf(1.0, 2.0), "b": leaf(-1.0)}
+    (by_hook["a"] ** 2).sum().backward()  # "b" gets no gradient from the loss
+    add_proximal_gradient(by_hook, g, mu=0.5)
+    for key in g:
+        torch.testing.assert_close(by_hook[key].grad, by_autograd[key].grad)
 
 
 def test_proximal_term_accepts_named_parameter_pairs() -> None:

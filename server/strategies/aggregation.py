@@ -192,20 +192,35 @@ def geometric_median(
     n = _example_weights(clients)
     matrix, layout = flatten(clients)
     w = n / n.sum()
-    theta = w @ matrix
+    # Work relative to the weighted mean c: Y = X - c (in place), u = theta - c. Then
+    # ||theta - theta_k||^2 = ||Y_k||^2 - 2 Y_k.u + ||u||^2, so an iteration reads Y
+    # twice (Y u, then w Y) and never builds a K x P temporary.
+    center = w @ matrix
+    matrix -= center
+    row_sq = np.einsum("ij,ij->i", matrix, matrix)
+    u = np.zeros_like(center)
     converged, iterations = False, 0
     while iterations < max_iter:
         iterations += 1
-        d = np.linalg.norm(matrix - theta, axis=1)
+        d = _distances(matrix, row_sq, u)
         beta = n / np.maximum(d, eps)
         w = beta / beta.sum()
         new = w @ matrix
-        step = float(np.linalg.norm(new - theta))
-        theta = new
-        if step <= tol * max(1.0, float(np.linalg.norm(theta))):
+        step = float(np.linalg.norm(new - u))
+        u = new
+        if step <= tol * max(1.0, float(np.linalg.norm(center + u))):
             converged = True
             break
-    return _result(matrix, layout, theta, w, n, iterations, converged)
+    distances = _distances(matrix, row_sq, u)
+    drift = float(n @ distances / n.sum())
+    theta = center + u
+    return Aggregate(unflatten(theta, layout), w, distances, drift, iterations, converged)
+
+
+def _distances(centered: np.ndarray, row_sq: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``||Y_k - u||`` for every row ``Y_k`` of ``centered`` (``row_sq`` = ``||Y_k||^2``)."""
+    sq = row_sq - 2.0 * (centered @ u) + float(u @ u)
+    return np.sqrt(np.maximum(sq, 0.0))
 
 
 Aggregator = Callable[[Sequence[ClientArrays]], Aggregate]

@@ -1,0 +1,198 @@
+"""Run an experiment config: every method x sweep value x seed, then its report.
+
+    python -m experiments.run experiments/configs/nyc_main.toml
+
+Federated runs go through Flower's simulation engine (``server.simulate_cli.simulate``,
+one engine start for all runs of a data set); centralized runs and reference predictors
+run in-process with the library. Each run writes its own directory,
+``OUT/<config>/<method>[/<sweep key>=<value>]/seed<N>/`` (``results.json`` for a
+federated run, ``metrics.json`` otherwise), and finished runs are skipped, so an
+interrupted experiment is continued by running the same command again (a federated run
+that stopped mid-way resumes from its checkpoint). The report
+(:mod:`experiments.report`) is then written to ``OUT/<config>/`` and, with
+``--figures``, its plots to that folder too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.config import ROOT, ConfigError, ExperimentConfig, Method, load_config
+
+RESULTS = {"federated": "results.json", "centralized": "metrics.json", "baseline": "metrics.json"}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of an experiment."""
+
+    method: Method
+    variant: str
+    variant_overrides: dict[str, Any]
+    seed: int
+    out_dir: Path
+
+    @property
+    def result_file(self) -> Path:
+        return self.out_dir / RESULTS[self.method.kind]
+
+    @property
+    def done(self) -> bool:
+        return self.result_file.is_file()
+
+
+def plan(
+    config: ExperimentConfig,
+    out_root: Path,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[PlannedRun]:
+    """Every run of the config (restricted to ``methods`` and ``seeds`` when given)."""
+    chosen = [config.method(m) for m in methods] if methods else list(config.methods)
+    runs = []
+    for method in chosen:
+        for variant, overrides in config.variants():
+            for seed in seeds if seeds is not None else config.seeds:
+                out = out_root / config.name / method.name
+                if variant:
+                    out = out / variant
+                runs.append(PlannedRun(method, variant, overrides, int(seed), out / f"seed{seed}"))
+    return runs
+
+
+def run_values(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
+    """The flat run-config overrides of one run (see docs/federation.md)."""
+    values: dict[str, Any] = {
+        **config.run,
+        **run.variant_overrides,
+        **run.method.overrides,
+        "seed": run.seed,
+        "data-path": str(config.data) if config.data else "",
+        "data-format": config.data_format,
+        "out-dir": str(run.out_dir.resolve()),
+    }
+    if run.method.kind == "federated":
+        values["strategy"] = run.method.strategy
+        values["research-mode"] = True
+        values["client-state-dir"] = str(run.out_dir.resolve() / "client-state")
+        values["resume"] = (run.out_dir / "checkpoint.pkl").is_file()
+    return values
+
+
+def run_federated(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> None:
+    """All ``runs`` in Flower's simulation engine, one engine start per data set size."""
+    from server.app import simulation_dataset
+    from server.run_config import RunConfig
+    from server.simulate_cli import simulate
+
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        values = run_values(config, run)
+        users = len(simulation_dataset(RunConfig.from_mapping(values)).users)
+        groups.setdefault(users, []).append(values)
+    for users, values_list in groups.items():
+        print(f"[{config.name}] {len(values_list)} federated run(s), {users} clients each")
+        simulate(values_list, users, cpus, progress=True)
+
+
+def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
+    """A centralized model or a reference predictor, in-process; returns its metrics."""
+    from server.app import simulation_dataset
+    from server.run_config import RunConfig
+
+    rc = RunConfig.from_mapping(run_values(config, run))
+    dataset = simulation_dataset(rc)
+    options = run.method.options
+    if run.method.kind == "centralized":
+        from fedgeo.centralized import run_centralized
+        from fedgeo.training import TrainConfig
+
+        model = rc.model if options.get("prior", True) else rc.model.without_prior()
+        train = TrainConfig(
+            epochs=int(options.get("epochs", 10)),
+            batch_size=int(options.get("batch-size", rc["batch-size"])),
+            lr=float(rc["lr"]),
+            grad_clip=float(rc["grad-clip"]),
+            patience=int(options.get("patience", 3)),
+            seed=run.seed,
+        )
+        return run_centralized(dataset, model, train, out_dir=run.out_dir, prior_k=rc.prior.k)
+    from fedgeo.baselines import evaluate_predictor, make_predictor
+    from fedgeo.results import write_metrics_json
+
+    kwargs = {k: options[k] for k in ("history", "variant") if k in options}
+    predictor = make_predictor(str(options["predictor"]), **kwargs)
+    start = time.perf_counter()
+    predictor.fit(dataset)
+    validation, *_ = evaluate_predictor(predictor, dataset, "validation")
+    test, *_ = evaluate_predictor(predictor, dataset, "test")
+    write_metrics_json(
+        run.out_dir,
+        test=test,
+        validation=validation,
+        method=f"baseline:{options['predictor']}",
+        predictor=predictor.params(),
+        timings_s={"total": time.perf_counter() - start},
+    )
+    return {"test": test}
+
+
+def execute(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> None:
+    """Run whatever in ``runs`` is not done yet (references first: they are quick)."""
+    pending = [r for r in runs if not r.done]
+    for run in pending:
+        if run.method.kind != "federated":
+            label = f"{run.method.name} {run.variant} seed {run.seed}".replace("  ", " ")
+            print(f"[{config.name}] {label} ...", flush=True)
+            metrics = run_reference(config, run)["test"]
+            print(f"  test acc@1={metrics['acc@1']:.4f} mrr={metrics['mrr']:.4f}")
+    federated = [r for r in pending if r.method.kind == "federated"]
+    if federated:
+        run_federated(config, federated, cpus)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.run", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("config", type=Path, help="experiment config (experiments/configs/*.toml)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "experiments")
+    ap.add_argument("--only", help="comma-separated method names (default: all)")
+    ap.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    ap.add_argument("--figures", type=Path, help="also write the plots to this folder")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        config = load_config(args.config)
+        methods = args.only.split(",") if args.only else None
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        runs = plan(config, args.out, methods, seeds)
+    except (ConfigError, KeyError, ValueError) as err:
+        print(f"experiments.run: error: {err}", file=sys.stderr)
+        return 2
+    if config.data is not None and not config.data.is_file():
+        print(f"experiments.run: error: {config.data}: data file not found", file=sys.stderr)
+        return 2
+    if not args.report_only:
+        execute(config, runs, args.cpus)
+    from experiments.report import write_report
+
+    table = write_report(config, args.out, figures=args.figures)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

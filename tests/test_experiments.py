@@ -1,0 +1,160 @@
+"""Experiment configs, run planning and the report (tables, CSV, plots)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.config import ROOT, ConfigError, load_config
+from experiments.report import markdown_table, summarize, write_report
+from experiments.run import main, plan, run_values
+from server.run_config import RunConfig
+
+CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
+
+SMALL = """
+name = "small"
+seeds = [0, 1]
+[run]
+synthetic-num-users = 12
+synthetic-num-places = 60
+synthetic-days = 20
+num-rounds = 2
+[sweep]
+key = "synthetic-extreme-fraction"
+values = [0.0, 0.5]
+[[method]]
+name = "fedavg"
+label = "FedAvg"
+strategy = "fedavg"
+set = { model-prior-init = false }
+[[method]]
+name = "markov"
+kind = "baseline"
+predictor = "markov"
+"""
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_parse_and_every_run_has_a_valid_run_config(path: Path) -> None:
+    config = load_config(path)
+    runs = plan(config, Path("/nonexistent"))
+    assert len(runs) == len(config.methods) * len(config.variants()) * len(config.seeds)
+    for run in runs:
+        RunConfig.from_mapping(run_values(config, run))  # raises on an unknown key
+
+
+def test_plan_layout_and_override_precedence(small_config: Path, tmp_path: Path) -> None:
+    config = load_config(small_config)
+    runs = plan(config, tmp_path / "out", methods=["fedavg"], seeds=[1])
+    assert [r.out_dir.relative_to(tmp_path / "out").as_posix() for r in runs] == [
+        "small/fedavg/synthetic-extreme-fraction=0.0/seed1",
+        "small/fedavg/synthetic-extreme-fraction=0.5/seed1",
+    ]
+    values = run_values(config, runs[1])
+    assert values["synthetic-extreme-fraction"] == 0.5  # the sweep value
+    assert values["model-prior-init"] is False  # the method's own key
+    assert values["num-rounds"] == 2 and values["seed"] == 1
+    assert values["strategy"] == "fedavg" and values["resume"] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("seeds = [0]\n[[method]]\nname='a'\nstrategy='fedavg'\n", "'name'"),
+        ("name='x'\nseeds=[0]\n[[method]]\nname='a'\n", "'strategy'"),
+        ("name='x'\nseeds=[0]\n[[method]]\nname='a'\nkind='nope'\n", "'kind'"),
+        ("name='x'\nseeds=[]\n[[method]]\nname='a'\nstrategy='fedavg'\n", "'seeds'"),
+        ("name = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_and_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=field) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_config_exits_2(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("name='x'\n", encoding="utf-8")
+    assert main([str(path), "--out", str(tmp_path)]) == 2
+    assert "missing field 'seeds'" in capsys.readouterr().err
+
+
+def _fake_federated(out: Path, acc: float, rounds: list[float]) -> None:
+    out.mkdir(parents=True)
+    test = {"acc@1": acc, "acc@5": acc + 0.2, "acc@10": acc + 0.3, "mrr": acc + 0.1}
+    test |= {"ndcg@10": acc + 0.15, "samples": 10}
+    history = [{"round": i + 1, "failures": 1, "rejected": 0} for i in range(len(rounds))]
+    evaluation = [{"round": i + 1, "acc@1": acc * (i + 1) / len(rounds)} for i in range(2)]
+    result = {
+        "test": test,
+        "rounds": history,
+        "evaluation": evaluation,
+        "timings_s": {"rounds": rounds, "total": sum(rounds)},
+    }
+    (out / "results.json").write_text(json.dumps(result), encoding="utf-8")
+    (out / "predictions.csv").write_text(
+        "user_id,target,rank\n1,5,1\n1,6,3\n2,5,2\n", encoding="utf-8"
+    )
+
+
+def test_report_means_stds_table_and_plots(small_config: Path, tmp_path: Path) -> None:
+    config = load_config(small_config)
+    out = tmp_path / "out"
+    accs = {0: 0.2, 1: 0.4}
+    for run in plan(config, out, methods=["fedavg"]):
+        _fake_federated(run.out_dir, accs[run.seed], [1.0, 3.0])
+    figures = tmp_path / "figures"
+    table = write_report(config, out, figures=figures)
+    rows = list(csv.DictReader((out / "small" / "runs.csv").open()))
+    assert len(rows) == 4 and {r["failures"] for r in rows} == {"2"}
+    summary = list(csv.DictReader((out / "small" / "summary.csv").open()))
+    assert [float(s["acc@1"]) for s in summary] == pytest.approx([0.3, 0.3])
+    assert float(summary[0]["acc@1_std"]) == pytest.approx(0.1414, abs=1e-4)
+    assert float(summary[0]["round_s"]) == pytest.approx(2.0)
+    assert "0.3000 ± 0.1414" in table and "synthetic-extreme-fraction=0.5" in table
+    assert (out / "small" / "table.md").read_text() == table
+    made = {p.name for p in figures.iterdir()}
+    assert {"curves.png", "client_accuracy.png", "sweep.png"} <= made
+
+
+def test_markdown_table_bolds_the_best_mean() -> None:
+    rows = [
+        {"method": m, "label": m, "variant": "", "seed": s, "round_s": 1.0}
+        | {k: v for k in ("acc@1", "acc@5", "acc@10", "mrr", "ndcg@10")}
+        for m, v, s in (("a", 0.1, 0), ("a", 0.3, 1), ("b", 0.25, 0), ("b", 0.25, 1))
+    ]
+    table = markdown_table(summarize(rows), "t")
+    line_b = next(line for line in table.splitlines() if line.startswith("| b"))
+    line_a = next(line for line in table.splitlines() if line.startswith("| a"))
+    assert "**0.2500 ± 0.0000**" in line_b and "**" not in line_a
+
+
+def test_reference_runs_in_process_and_are_skipped_once_done(
+    small_config: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    args = [str(small_config), "--out", str(out), "--only", "markov", "--seeds", "0"]
+    assert main(args) == 0
+    [first, second] = plan(load_config(small_config), out, methods=["markov"], seeds=[0])
+    assert first.done and second.done
+    metrics = json.loads(first.result_file.read_text())
+    assert 0.0 <= metrics["test"]["acc@1"] <= 1.0 and metrics["test"]["samples"] > 0
+    assert "[small] markov" in capsys.readouterr().out
+    stamp = first.result_file.stat().st_mtime_ns
+    assert main(args) == 0
+    assert first.result_file.stat().st_mtime_ns == stamp  # finished runs are not redone
+    assert "[small] markov" not in capsys.readouterr().out
