@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import NodesGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.mod import fixedclipping_mod
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
@@ -54,35 +54,6 @@ TINY = {
 }
 CLIP = 0.05
 """Below the tiny model's update norms (about 0.1), so clipping always acts."""
-
-
-class NodesGrid(Grid):
-    """A Grid that only lists node ids (all that ``configure_train`` asks)."""
-
-    def __init__(self, node_ids) -> None:
-        self._nodes = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-    def set_run(self, run) -> None:  # pragma: no cover - unused
-        raise NotImplementedError
-
-    @property
-    def run(self):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - unused
-        raise NotImplementedError
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
+from fakes import NodesGrid
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -53,35 +54,6 @@ from server.strategies.contract import (
 )
 
 # --- plumbing: a grid that only lists nodes, and client replies --------------------------
-
-
-class NodesGrid(Grid):
-    """A Grid that only knows its node ids (strategies only ask for those)."""
-
-    def __init__(self, node_ids: Iterable[int]) -> None:
-        self._nodes = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-    def set_run(self, run) -> None:  # pragma: no cover - unused
-        raise NotImplementedError
-
-    @property
-    def run(self):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - unused
-        raise NotImplementedError
 
 
 @pytest.fixture(autouse=True)
