@@ -185,12 +185,10 @@ def places_csv(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def agent_dir(tmp_path: Path, places_csv: Path, run_cli) -> Path:
-    """An initialized device-agent folder (``fedgeo agent init``); skipped without the
-    agent commands."""
+    """An initialized device-agent folder (``fedgeo agent init``)."""
     folder = tmp_path / "agent"
     status, _, err = run_cli(["agent", "init", "--dir", folder, "--places", places_csv])
-    if status == 2 and "invalid choice: 'agent'" in err:
-        pytest.skip("the 'fedgeo agent' commands are not installed")
+    assert "invalid choice: 'agent'" not in err, "the 'fedgeo agent' entry point is missing"
     assert status == 0, err
     return folder
 
