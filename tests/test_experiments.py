@@ -158,3 +158,30 @@ def test_reference_runs_in_process_and_are_skipped_once_done(
     assert main(args) == 0
     assert first.result_file.stat().st_mtime_ns == stamp  # finished runs are not redone
     assert "[small] markov" not in capsys.readouterr().out
+
+
+def test_untrained_reference_is_the_freshly_built_model(tmp_path: Path) -> None:
+    # nyc_main's "untrained" row: a centralized method with epochs = 0 must evaluate the
+    # model exactly as built (seeded by the run's seed), with no training step.
+    from fedgeo.geo.prior import AdjacencyPrior
+    from fedgeo.models import SampleIndex, build_model
+    from fedgeo.training import evaluate
+    from server.app import simulation_dataset
+
+    path = tmp_path / "untrained.toml"
+    path.write_text(
+        SMALL.split("[sweep]")[0]
+        + '[[method]]\nname = "untrained"\nkind = "centralized"\nepochs = 0\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--seeds", "1"]) == 0
+    [run] = plan(load_config(path), out, seeds=[1])
+    metrics = json.loads(run.result_file.read_text())
+    rc = RunConfig.from_mapping(run_values(load_config(path), run))
+    dataset = simulation_dataset(rc)
+    prior = AdjacencyPrior.from_places(dataset.places, rc.prior)
+    model, features = build_model(len(dataset.places), len(dataset.users), rc.model, prior, seed=1)
+    expected = evaluate(model, features, SampleIndex(dataset.users), "test").metrics()
+    assert metrics["test"]["acc@1"] == pytest.approx(expected["acc@1"])
+    assert metrics["test"]["mrr"] == pytest.approx(expected["mrr"])

@@ -619,3 +619,20 @@ def test_every_named_strategy_runs_in_flowers_round_loop(name: str) -> None:
     assert final["w"].dtype == (np.float64 if name == "fedadam" else np.float32)
     changed = not np.array_equal(final["w"], numpy_of(init)["w"])
     assert changed == (name != "local")
+
+
+def test_geometric_median_of_float32_models_matches_float64() -> None:
+    # Float32 client models are aggregated in float32 (half the memory traffic); the
+    # result must agree with the float64 computation to float32 precision.
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(50, 8)).astype(np.float32)
+    clients32 = [
+        ({"w": base + rng.normal(scale=s, size=base.shape).astype(np.float32)}, float(n))
+        for s, n in zip(rng.uniform(0.01, 2.0, size=9), rng.integers(1, 50, size=9), strict=True)
+    ]
+    clients64 = [({"w": a["w"].astype(np.float64)}, n) for a, n in clients32]
+    r32, r64 = geometric_median(clients32), geometric_median(clients64)
+    assert r32.arrays["w"].dtype == np.float32
+    np.testing.assert_allclose(r32.arrays["w"], r64.arrays["w"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r32.distances, r64.distances, rtol=1e-5)
+    assert r32.iterations == r64.iterations

@@ -7,9 +7,12 @@ diagnostics, among them the *drift* ``sum_k n_k ||theta - theta_k|| / sum_k n_k`
 example-weighted mean Euclidean distance of the clients to the new global model.
 
 Computation is vectorized over flattened models: each client's arrays are concatenated
-(in the first client's key order) into one float64 vector, so an aggregator holds a
-``K x P`` float64 matrix (K clients, P scalars). Results are split back and cast to each
-array's dtype (integer arrays are rounded). Formulas: docs/method.md.
+(in the first client's key order) into one vector, so an aggregator holds a ``K x P``
+matrix (K clients, P scalars): float64 for the means; for the geometric median, the
+clients' own precision when every array is float32 (a torch model's), since its
+Weiszfeld iterations stream that matrix twice each and half the bytes is half the time.
+Weights, distances and norms are float64 throughout. Results are split back and cast to
+each array's dtype (integer arrays are rounded). Formulas: docs/method.md.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ class _Layout:
     offsets: tuple[int, ...]
 
 
+def _work_dtype(layout: _Layout) -> type:
+    """float32 when every array is float32 (no precision to lose), else float64."""
+    return np.float32 if all(d == np.float32 for d in layout.dtypes) else np.float64
+
+
 def _example_weights(clients: Sequence[ClientArrays]) -> np.ndarray:
     if not clients:
         raise ValueError("cannot aggregate zero clients")
@@ -89,14 +97,20 @@ def _layout(clients: Sequence[ClientArrays]) -> _Layout:
     return _Layout(keys, shapes, dtypes, offsets)
 
 
-def flatten(clients: Sequence[ClientArrays]) -> tuple[np.ndarray, _Layout]:
-    """Stack the clients' models into a ``K x P`` float64 matrix (and its layout)."""
+def flatten(
+    clients: Sequence[ClientArrays], dtype: np.dtype | type = np.float64
+) -> tuple[np.ndarray, _Layout]:
+    """Stack the clients' models into a ``K x P`` matrix of ``dtype`` (and its layout)."""
     layout = _layout(clients)
-    matrix = np.empty((len(clients), layout.offsets[-1]), dtype=np.float64)
+    return _stack(clients, layout, dtype), layout
+
+
+def _stack(clients: Sequence[ClientArrays], layout: _Layout, dtype: np.dtype | type) -> np.ndarray:
+    matrix = np.empty((len(clients), layout.offsets[-1]), dtype=dtype)
     for row, (arrays, _) in enumerate(clients):
         for j, key in enumerate(layout.keys):
             matrix[row, layout.offsets[j] : layout.offsets[j + 1]] = np.ravel(arrays[key])
-    return matrix, layout
+    return matrix
 
 
 def unflatten(vector: np.ndarray, layout: _Layout) -> dict[str, np.ndarray]:
@@ -190,14 +204,16 @@ def geometric_median(
     if max_iter < 0 or not tol >= 0 or not eps > 0:
         raise ValueError(f"need max_iter >= 0, tol >= 0, eps > 0 (got {max_iter}, {tol}, {eps})")
     n = _example_weights(clients)
-    matrix, layout = flatten(clients)
+    layout = _layout(clients)
+    work = _work_dtype(layout)
+    matrix = _stack(clients, layout, work)
     w = n / n.sum()
     # Work relative to the weighted mean c: Y = X - c (in place), u = theta - c. Then
     # ||theta - theta_k||^2 = ||Y_k||^2 - 2 Y_k.u + ||u||^2, so an iteration reads Y
     # twice (Y u, then w Y) and never builds a K x P temporary.
-    center = w @ matrix
+    center = w.astype(work) @ matrix
     matrix -= center
-    row_sq = np.einsum("ij,ij->i", matrix, matrix)
+    row_sq = np.array([_sq_norm(row) for row in matrix])
     u = np.zeros_like(center)
     converged, iterations = False, 0
     while iterations < max_iter:
@@ -205,7 +221,7 @@ def geometric_median(
         d = _distances(matrix, row_sq, u)
         beta = n / np.maximum(d, eps)
         w = beta / beta.sum()
-        new = w @ matrix
+        new = w.astype(work) @ matrix
         step = float(np.linalg.norm(new - u))
         u = new
         if step <= tol * max(1.0, float(np.linalg.norm(center + u))):
@@ -213,13 +229,19 @@ def geometric_median(
             break
     distances = _distances(matrix, row_sq, u)
     drift = float(n @ distances / n.sum())
-    theta = center + u
+    theta = center.astype(np.float64) + u
     return Aggregate(unflatten(theta, layout), w, distances, drift, iterations, converged)
+
+
+def _sq_norm(vector: np.ndarray) -> float:
+    """``||v||^2`` accumulated in float64."""
+    v = vector.astype(np.float64, copy=False)
+    return float(v @ v)
 
 
 def _distances(centered: np.ndarray, row_sq: np.ndarray, u: np.ndarray) -> np.ndarray:
     """``||Y_k - u||`` for every row ``Y_k`` of ``centered`` (``row_sq`` = ``||Y_k||^2``)."""
-    sq = row_sq - 2.0 * (centered @ u) + float(u @ u)
+    sq = row_sq - 2.0 * (centered @ u).astype(np.float64) + _sq_norm(u)
     return np.sqrt(np.maximum(sq, 0.0))
 
 

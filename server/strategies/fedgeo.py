@@ -226,6 +226,7 @@ class FedGeo(FedAvg):
             # Flower's own FedAvg arithmetic, so that FedGeo-with-everything-off == FedAvg.
             aggregated = to_numpy(aggregate_arrayrecords(contents, self.weighted_by_key))
             diagnostics: dict[str, float | int] = {"aggregation-iterations": 0}
+            distances = None
         else:
             aggregator = get_aggregator(
                 self.aggregation,
@@ -237,6 +238,7 @@ class FedGeo(FedAvg):
             result = aggregator(list(zip(client_arrays, weights, strict=True)))
             aggregated = result.arrays
             diagnostics = {"aggregation-iterations": result.iterations}
+            distances = result.distances  # to the aggregate, before the cast to float32
         if self.server_lr != 1.0:
             if self.current_arrays is None:
                 raise AggregationError(reason="FedGeo: configure_train was not called first")
@@ -249,7 +251,9 @@ class FedGeo(FedAvg):
                 )
                 for k, v in aggregated.items()
             }
-        distances = client_distances(client_arrays, aggregated)
+            distances = None
+        if distances is None:
+            distances = client_distances(client_arrays, aggregated)
         w = np.asarray(weights, dtype=np.float64)
         drift = float(w @ distances / w.sum()) if w.sum() > 0 else float(distances.mean())
         diagnostics.update(
