@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Scalar] = {
     "fedgeo-drift-scale": 1.0,
     "fedgeo-median-iters": 10,
     "fedgeo-median-tol": 1e-6,
+    "fedgeo-weighting": "examples",
     # local training (sent to the clients in every train instruction)
     "local-epochs": 1,
     "batch-size": 64,

@@ -636,3 +636,24 @@ def test_geometric_median_of_float32_models_matches_float64() -> None:
     np.testing.assert_allclose(r32.arrays["w"], r64.arrays["w"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r32.distances, r64.distances, rtol=1e-5)
     assert r32.iterations == r64.iterations
+
+
+def test_fedgeo_uniform_weighting_counts_every_client_once() -> None:
+    grid = NodesGrid([1, 2])
+    sent = list(FedGeo().configure_train(1, arrays_record(w=np.zeros(2)), ConfigRecord(), grid))
+    replies = [
+        reply(sent[0], {"w": np.array([0.0, 0.0])}, 1),
+        reply(sent[1], {"w": np.array([4.0, 8.0])}, 3),
+    ]
+    by_examples, _ = FedGeo().aggregate_train(1, replies)
+    np.testing.assert_allclose(numpy_of(by_examples)["w"], [3.0, 6.0])
+    uniform = FedGeo(weighting="uniform")
+    by_user, metrics = uniform.aggregate_train(1, replies)
+    np.testing.assert_allclose(numpy_of(by_user)["w"], [2.0, 4.0])
+    assert metrics["drift"] == pytest.approx(np.hypot(2.0, 4.0))
+    median = FedGeo(weighting="uniform", aggregation="geometric-median")
+    # Two points, equal weights: every point of the segment is a median; Weiszfeld from
+    # the (uniform) mean stays there.
+    np.testing.assert_allclose(numpy_of(median.aggregate_train(1, replies)[0])["w"], [2.0, 4.0])
+    with pytest.raises(ValueError, match="weighting"):
+        FedGeo(weighting="by-size")

@@ -49,6 +49,9 @@ from server.strategies.exclusion import (
     sample_participants,
 )
 
+WEIGHTINGS = ("examples", "uniform")
+"""Names accepted by FedGeo's ``weighting``."""
+
 
 class FedGeo(FedAvg):
     """The FedGeo strategy.
@@ -74,6 +77,9 @@ class FedGeo(FedAvg):
     drift_scale : float
         ``tau = drift_scale * median distance`` of the drift-weighted mean.
     median_max_iter, median_tol, median_eps : settings of the geometric median.
+    weighting : str
+        How much each client counts in the aggregate: ``"examples"`` (its number of
+        training examples, as FedAvg) or ``"uniform"`` (one client, one user, one vote).
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class FedGeo(FedAvg):
         median_max_iter: int = 100,
         median_tol: float = 1e-6,
         median_eps: float = 1e-8,
+        weighting: str = "examples",
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -119,6 +126,8 @@ class FedGeo(FedAvg):
             raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         if not server_lr > 0:
             raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         get_aggregator(aggregation, drift_scale=drift_scale)  # validates the settings early
         self.exclusion = exclusion
         self.aggregation = aggregation
@@ -129,6 +138,7 @@ class FedGeo(FedAvg):
         self.median_max_iter = int(median_max_iter)
         self.median_tol = float(median_tol)
         self.median_eps = float(median_eps)
+        self.weighting = weighting
         self.profiles: dict[int, dict[str, Any]] = {}
         self.probabilities: dict[int, float] = {}
         self.participation: dict[int, dict[str, Any]] = {}
@@ -143,7 +153,7 @@ class FedGeo(FedAvg):
     def summary(self) -> None:
         log(INFO, "\t├──> FedGeo settings:")
         log(INFO, "\t│\t├── Exclusion: %s", self.exclusion)
-        log(INFO, "\t│\t├── Aggregation: %s", self.aggregation)
+        log(INFO, "\t│\t├── Aggregation: %s (%s weights)", self.aggregation, self.weighting)
         log(INFO, "\t│\t├── Proximal mu: %s", self.proximal_mu)
         log(INFO, "\t│\t└── Server learning rate: %s", self.server_lr)
         super().summary()
@@ -222,7 +232,9 @@ class FedGeo(FedAvg):
         contents = [r.content for r in valid]
         client_arrays = [to_numpy(r.arrays) for r in valid]
         weights = [r.weight(self.weighted_by_key) for r in valid]
-        if self.aggregation == "mean":
+        if self.weighting == "uniform":
+            weights = [1.0] * len(valid)
+        if self.aggregation == "mean" and self.weighting == "examples":
             # Flower's own FedAvg arithmetic, so that FedGeo-with-everything-off == FedAvg.
             aggregated = to_numpy(aggregate_arrayrecords(contents, self.weighted_by_key))
             diagnostics: dict[str, float | int] = {"aggregation-iterations": 0}

@@ -95,6 +95,7 @@ _FEDGEO_ONLY = (
     Param("fedgeo-drift-scale", float, None, "tau = scale * median distance (1.0)", "drift_scale"),
     Param("fedgeo-median-iters", int, 10, "Weiszfeld iterations (10)", "median_max_iter"),
     Param("fedgeo-median-tol", float, None, "Weiszfeld relative tolerance (1e-6)", "median_tol"),
+    Param("fedgeo-weighting", str, "examples", "'examples' or 'uniform' weights", "weighting"),
     Param("proximal-mu", float, 0.01, "proximal anchoring weight mu"),
     _SERVER_LR,
 )
