@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="check-in CSV (default: the synthetic city)")
     ap.add_argument("--clients", type=int, default=100, help="clients per round")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds (the first is warm-up)")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds (the first is warm-up)")
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="also write the figures here")
