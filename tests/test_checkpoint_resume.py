@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import NODES, TINY_RUN
 
 from server.app import prepare
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -22,17 +23,8 @@ from server.loop import Federation
 from server.run_config import RunConfig
 from server.simulate_cli import simulate
 
-NODES = 8
 TINY = {
-    "synthetic-num-users": NODES,
-    "synthetic-num-places": 80,
-    "synthetic-days": 21,
-    "local-epochs": 1,
-    "batch-size": 32,
-    "model-embedding-dim": 8,
-    "model-hidden-dim": 16,
-    "model-window": 8,
-    "prior-k": 5,
+    **TINY_RUN,
     "fraction-train": 0.5,
     "fraction-evaluate": 0.5,
     "eval-every": 2,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import NODES, TINY_RUN, marked_processes
 
 from client.data_source import client_source, read_places_csv
 from client.local_training import PROFILE_KEYS, privatize
@@ -32,20 +33,7 @@ from server.simulate_cli import simulate
 from server.strategies import STRATEGY_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
-NODES = 8
-TINY = {
-    "synthetic-num-users": NODES,
-    "synthetic-num-places": 80,
-    "synthetic-days": 21,
-    "num-rounds": 2,
-    "local-epochs": 1,
-    "batch-size": 32,
-    "model-embedding-dim": 8,
-    "model-hidden-dim": 16,
-    "model-window": 8,
-    "prior-k": 5,
-    "fedgeo-midpoint": 6.0,
-}
+TINY = {**TINY_RUN, "num-rounds": 2, "fedgeo-midpoint": 6.0}
 
 
 def tiny(out: Path, **overrides) -> dict:
@@ -219,22 +207,6 @@ def test_rounds_without_good_replies_keep_the_model(runs):
     assert results["test_failures"] == NODES and results["test"]["samples"] == 0
 
 
-def _marked_processes(marker: str) -> list[int]:
-    """Pids of live processes whose environment holds ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if marker.encode() in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def _cli(args: list[str], marker: str, timeout: float = 120) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "FEDGEO_TEST_MARKER": marker, "PYTHONPATH": path}
@@ -276,9 +248,9 @@ def test_simulate_command_writes_results_and_predictions_and_stops_ray(tmp_path)
     assert set(predictions["target"]) <= set(dataset.places.ids.tolist())
     # Ray's workers exit right after the command returns: allow them a moment.
     deadline = time.monotonic() + 15
-    while _marked_processes(marker) and time.monotonic() < deadline:
+    while marked_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _marked_processes(marker) == []
+    assert marked_processes(marker) == []
 
 
 def test_simulate_command_bad_data_path_is_a_one_line_error(tmp_path, capsys):

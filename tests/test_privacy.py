@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
+from tiny import NODES, TINY_RUN
 
 from fedgeo.privacy import (
     ALPHAS,
@@ -38,20 +39,7 @@ from server.privacy import (
 from server.run_config import RunConfig
 from server.strategies import ExclusionConfig, FedGeo, build_strategy
 
-NODES = 8
-TINY = {
-    "synthetic-num-users": NODES,
-    "synthetic-num-places": 80,
-    "synthetic-days": 21,
-    "num-rounds": 1,
-    "local-epochs": 1,
-    "batch-size": 32,
-    "model-embedding-dim": 8,
-    "model-hidden-dim": 16,
-    "model-window": 8,
-    "prior-k": 5,
-    "fedgeo-midpoint": 6.0,
-}
+TINY = {**TINY_RUN, "num-rounds": 1, "fedgeo-midpoint": 6.0}
 CLIP = 0.05
 """Below the tiny model's update norms (about 0.1), so clipping always acts."""
 

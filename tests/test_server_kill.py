@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import marked_processes
 
 from fedgeo.data.synthetic import SyntheticConfig, generate_city
 from server.checkpoint import load_checkpoint
@@ -67,22 +68,6 @@ def argv(data: Path, out: Path, *extra: str) -> list[str]:
         *sets,
         *extra,
     ]
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Live (not zombie) processes whose environment holds ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker.encode() in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def wait_for_checkpoint(out: Path, server_round: int, process: subprocess.Popen, limit: float):
