@@ -4,7 +4,11 @@ In ONE run (ratios on a noisy machine are only meaningful within one run):
 
 1. Flower's simulation engine runs FedAvg and FedGeo (same model, same budget,
    ``--rounds`` rounds of ``--clients`` clients, no validation) and records every
-   round's wall time (``results.json``: ``timings_s.rounds``).
+   round's wall time (``results.json``: ``timings_s.rounds``). The runs are interleaved
+   round by round (``simulate(..., interleave=True)``: every run's round 1, then every
+   run's round 2, the order alternating), so that each round of FedGeo meets the same
+   machine conditions as the FedAvg round it is divided by; run one after the other,
+   minutes apart, identical FedAvg runs differed by 6 % here.
 2. In this process, one torch thread, the clients FedAvg sampled in each timed round
    train the same way (a fresh copy of the model, ``fedgeo.training.train_local``, the
    same local settings) with nothing else around them: the round's cost with no
@@ -111,7 +115,7 @@ def main() -> None:
         for name, s in (("fedavg", "fedavg"), ("fedgeo", "fedgeo"), ("fedgeo-same", "fedgeo"))
     ]
     runs[2]["fedgeo-exclusion"] = False
-    fedavg, fedgeo, same = simulate(runs, users, args.cpus, progress=False)
+    fedavg, fedgeo, same = simulate(runs, users, args.cpus, progress=False, interleave=True)
     config = RunConfig.from_mapping(runs[0])
     rows = []
     for r in range(1, args.rounds):  # round index 0 is warm-up

@@ -111,13 +111,18 @@ def add_proximal_gradient(params: Tensors, global_params: Tensors, mu: float) ->
     parameter's ``.grad`` in place: the same update as adding the term to the loss,
     without putting every shared parameter into the autograd graph at every step."""
     named, anchors = _named(params), _named(global_params)
+    weights, grads, centres = [], [], []
     with torch.no_grad():
         for key, w in named.items():
             g = _get(anchors, key, "global_params").to(w.device, w.dtype)
             if w.grad is None:
                 w.grad = float(mu) * (w - g)
             else:
-                w.grad.add_(w - g, alpha=float(mu))
+                weights.append(w)
+                grads.append(w.grad)
+                centres.append(g)
+        if weights:  # one fused call over all parameters (what torch's optimizers use)
+            torch._foreach_add_(grads, torch._foreach_sub(weights, centres), alpha=float(mu))
 
 
 def scaffold_correct_gradients(

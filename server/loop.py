@@ -38,7 +38,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,6 +318,37 @@ def _probabilities(strategy: Strategy) -> dict[str, Any] | None:
     }
 
 
+def _pause(results: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield ``results`` once; return the seconds spent suspended."""
+    t0 = time.perf_counter()
+    yield results
+    return time.perf_counter() - t0
+
+
+def run_interleaved(federations: Sequence[Federation]) -> list[dict[str, Any]]:
+    """Run several federations on one grid round by round, so that they meet the same
+    machine conditions: all discover their nodes, then all run round 1, then round 2, ...
+    The order alternates every round (A B, B A, A B, ...), so neither always goes first.
+
+    Each federation's results are those it would reach alone: every round starts from
+    ``seed_round(seed, round)``, and clients keep their state apart per run
+    (``client-state-dir``). Used by ``benchmarks/round_speed.py`` to compare round times.
+    Returns the results in the order given."""
+    steps = [federation.steps() for federation in federations]
+    results: list[dict[str, Any]] = [{} for _ in federations]
+    active = list(range(len(federations)))
+    turn = 0
+    while active:
+        order = active if turn % 2 == 0 else active[::-1]
+        for i in order:
+            try:
+                results[i] = next(steps[i])
+            except StopIteration:
+                active.remove(i)
+        turn += 1
+    return results
+
+
 class Federation:
     """One federated run on a grid (see the module docstring)."""
 
@@ -352,6 +383,17 @@ class Federation:
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) the rounds, the final test and write the results."""
+        results: dict[str, Any] = {}
+        for step in self.steps():
+            results = step
+        return results
+
+    def steps(self) -> Iterator[dict[str, Any]]:
+        """:meth:`run` one step at a time: yields the results so far after node discovery
+        and after each round, and the final results last (after the final test).
+
+        :func:`run_interleaved` drives several federations on one grid with it. Time spent
+        suspended between steps is left out of ``timings_s.total``."""
         cfg, out_dir = self.cfg, self.cfg.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -372,6 +414,7 @@ class Federation:
             previous=results.get("privacy"),
         )
         results["privacy"] = self.privacy.summary()
+        paused = yield from _pause(results)
         for server_round in range(start, cfg.num_rounds + 1):
             record, arrays = self._round(view, server_round, arrays)
             results["rounds"].append(record)
@@ -396,16 +439,17 @@ class Federation:
             write_results(out_dir, results)
             if self.on_round is not None:
                 self.on_round(record)
+            paused += yield from _pause(results)
         t0 = time.perf_counter()
         results["test"] = self._final_test(view, arrays)
         results["test_failures"] = self.test_failures
         results["timings_s"]["final_test"] = time.perf_counter() - t0
         results["timings_s"]["total"] = results["timings_s"].get("total", 0.0) + (
-            time.perf_counter() - started
+            time.perf_counter() - started - paused
         )
         write_results(out_dir, results)
         self.final_arrays = to_numpy(arrays)
-        return results
+        yield results
 
     def _start(self) -> tuple[ArrayRecord, dict[str, Any], int]:
         """Fresh arrays and results, or those of the checkpoint when resuming."""

@@ -232,9 +232,14 @@ def simulate(
     progress: bool = True,
     verbose: bool = False,
     grid_wrapper: Callable[[Grid], Grid] | None = None,
+    interleave: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the federations ``runs`` describes (run-config overrides, one after the other)
     in one start of Flower's simulation engine; return their results.
+
+    With ``interleave`` they run round by round instead (all round 1, then all round 2,
+    alternating the order; :func:`server.loop.run_interleaved`), each with the results it
+    would reach alone: for comparing round times under the same machine conditions.
 
     All runs share the ``num_nodes`` simulated nodes (so they must use data sets with as
     many users); each keeps its clients' state apart (see ``client.state``).
@@ -248,8 +253,9 @@ def simulate(
     from threadpoolctl import threadpool_limits
 
     from client.app import app as client_app
-    from server.app import run_server
+    from server.app import prepare, run_server
     from server.checkpoint import RESULTS_FILE
+    from server.loop import Federation, run_interleaved
     from server.run_config import RunConfig
 
     configs = [RunConfig.from_mapping(values) for values in runs]
@@ -270,13 +276,26 @@ def simulate(
             if "mrr" in metrics:
                 bar.set_postfix(val_mrr=f"{metrics['mrr']:.4f}")
 
+    def tick(record: dict[str, Any]) -> None:  # interleaved runs: one step per round
+        if bar is not None:
+            bar.update(1)
+
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         view = grid_wrapper(grid) if grid_wrapper is not None else grid
-        for config, values in zip(configs, runs, strict=True):
-            run_server(view, {**dict(context.run_config), **values}, on_round=on_round, stop=stop)
+        merged = [{**dict(context.run_config), **values} for values in runs]
+        if interleave:
+            run_interleaved(
+                [
+                    Federation(view, prepare(RunConfig.from_mapping(v)), on_round=tick, stop=stop)
+                    for v in merged
+                ]
+            )
+            return
+        for config, values in zip(configs, merged, strict=True):
+            run_server(view, values, on_round=on_round, stop=stop)
             done[0] += config.num_rounds
 
     # Ray starts its workers at niceness 15; on a small machine anything else running

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -243,3 +244,24 @@ def test_federation_counts_too_small_clients_apart_from_failures(tmp_path, caplo
     for node, times in ((DEVICE_NODE, 1), (SHRINKING_NODE, 3)):  # 2 rounds + final test
         logged = [r for r in server if f"node {node}: {reason}" in r.getMessage()]
         assert [r.levelno for r in logged] == [logging.INFO] * times
+
+
+def test_federation_steps_leave_time_spent_suspended_out_of_the_total(tmp_path):
+    """``Federation.steps`` (what interleaved runs use) yields after node discovery and
+    after each round; time spent suspended is not this federation's time."""
+    cfg = config(tmp_path)
+    contexts = {100 + i: context(100 + i, {"partition-id": i}) for i in range(USERS)}
+    federation = Federation(LocalGrid(contexts, {}), prepare(cfg))
+    pause_s, start = 1.0, time.perf_counter()
+    seen = [(len(step["rounds"]), "test" in step) for step in _slowly(federation.steps(), pause_s)]
+    wall = time.perf_counter() - start
+    # Discovery, each round, then the final test.
+    assert seen == [(0, False), (1, False), (2, False), (2, True)]
+    total = json.loads((cfg.out_dir / "results.json").read_text())["timings_s"]["total"]
+    assert total < wall - 0.9 * pause_s * (len(seen) - 1)
+
+
+def _slowly(steps, pause_s: float):
+    for step in steps:
+        yield step
+        time.sleep(pause_s)

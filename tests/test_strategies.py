@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from collections.abc import Callable, Iterable
 
@@ -45,12 +46,14 @@ from server.strategies import (
     strategy_state,
     weighted_mean,
 )
+from server.strategies.aggregation import Workspace
 from server.strategies.contract import (
     CONTROL_DELTA,
     FEDDYN_ALPHA,
     LOCAL_ONLY,
     PROXIMAL_MU,
     SERVER_CONTROL,
+    array_views,
 )
 
 # --- plumbing: a grid that only lists nodes, and client replies --------------------------
@@ -636,6 +639,54 @@ def test_geometric_median_of_float32_models_matches_float64() -> None:
     np.testing.assert_allclose(r32.arrays["w"], r64.arrays["w"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r32.distances, r64.distances, rtol=1e-5)
     assert r32.iterations == r64.iterations
+
+
+def test_geometric_median_in_a_reused_workspace_is_bit_for_bit_the_same() -> None:
+    # FedGeo builds the K x P matrix in one buffer kept across rounds; rounds with fewer
+    # replies use a prefix of it. Results must not depend on it, nor alias it.
+    rng = np.random.default_rng(5)
+    workspace = Workspace()
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.normal(size=shape).astype(np.float32)
+
+    def clients(k: int) -> list:
+        return [
+            ({"a": normal(20, 3), "b": normal(4)}, float(n)) for n in rng.integers(1, 30, size=k)
+        ]
+
+    first, second = clients(7), clients(4)
+    r1 = geometric_median(first, workspace=workspace)
+    kept = {k: v.copy() for k, v in r1.arrays.items()}
+    r2 = geometric_median(second, workspace=workspace)
+    for result, batch in ((r1, first), (r2, second)):
+        fresh = geometric_median(batch)
+        for key in fresh.arrays:
+            np.testing.assert_array_equal(result.arrays[key], fresh.arrays[key])
+        np.testing.assert_array_equal(result.distances, fresh.distances)
+    for key in kept:  # the second round did not overwrite the first round's result
+        np.testing.assert_array_equal(r1.arrays[key], kept[key])
+    # Scratch space, not state: a checkpoint stores it empty.
+    assert len(pickle.dumps(workspace)) < 200
+    assert pickle.loads(pickle.dumps(workspace))._buffer is None
+
+
+def test_array_views_read_the_records_bytes_without_copying() -> None:
+    arrays = {
+        "f32": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "i64": np.arange(5, dtype=np.int64),
+        "scalar": np.array(2.5, dtype=np.float32),
+        "fortran": np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
+    }
+    record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    views = array_views(record)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(views[key], value)
+        assert views[key].dtype == value.dtype and views[key].shape == value.shape
+    assert not views["f32"].flags.writeable  # a view of the message's bytes
+    assert views["fortran"].flags.writeable  # not C-ordered: loaded (copied) by Flower
+    with pytest.raises(TypeError, match="Unsupported serialization type"):
+        array_views(ArrayRecord({"x": Array("float32", (1,), "torch.Tensor", b"1234")}))
 
 
 def test_fedgeo_uniform_weighting_counts_every_client_once() -> None:

@@ -35,9 +35,15 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from flwr.supercore import log
 
-from server.strategies.aggregation import AGGREGATIONS, client_distances, get_aggregator
+from server.strategies.aggregation import (
+    AGGREGATIONS,
+    Workspace,
+    client_distances,
+    get_aggregator,
+)
 from server.strategies.contract import (
     PROXIMAL_MU,
+    array_views,
     as_dtype,
     to_arrayrecord,
     to_numpy,
@@ -139,6 +145,8 @@ class FedGeo(FedAvg):
         self.median_tol = float(median_tol)
         self.median_eps = float(median_eps)
         self.weighting = weighting
+        self.workspace = Workspace()
+        """The geometric median's reusable matrix (scratch space, checkpointed empty)."""
         self.profiles: dict[int, dict[str, Any]] = {}
         self.probabilities: dict[int, float] = {}
         self.participation: dict[int, dict[str, Any]] = {}
@@ -230,7 +238,7 @@ class FedGeo(FedAvg):
         if not valid:
             return None, None
         contents = [r.content for r in valid]
-        client_arrays = [to_numpy(r.arrays) for r in valid]
+        client_arrays = [array_views(r.arrays) for r in valid]  # read-only, no copies
         weights = [r.weight(self.weighted_by_key) for r in valid]
         if self.weighting == "uniform":
             weights = [1.0] * len(valid)
@@ -246,6 +254,7 @@ class FedGeo(FedAvg):
                 max_iter=self.median_max_iter,
                 tol=self.median_tol,
                 eps=self.median_eps,
+                workspace=self.workspace,
             )
             result = aggregator(list(zip(client_arrays, weights, strict=True)))
             aggregated = result.arrays
