@@ -106,7 +106,8 @@ def train_epoch(
     total, steps = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
         sel = order[start : start + cfg.batch_size]
-        batch = _to_device(features.build(index, users[sel], positions[sel]), cfg.device)
+        batch = features.build(index, users[sel], positions[sel], training=True)
+        batch = _to_device(batch, cfg.device)
         scores = model(batch)
         loss = nn.functional.cross_entropy(scores, batch["target"])
         objective = loss + extra_loss(model) if extra_loss is not None else loss

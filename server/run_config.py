@@ -108,6 +108,7 @@ DEFAULTS: dict[str, Scalar] = {
     "model-personal-memory": True,
     "model-user-embedding": True,
     "model-memory-limit": 0,
+    "model-training-memory": "past",
     # privacy of the data profile
     "profile-ldp-epsilon": 0.0,
     "profile-ldp-radius-km": 50.0,

@@ -343,6 +343,11 @@ BAD_OPTIONS = [
     ),
     ("centralized-lr", ["centralized", "--out", "{out}", "--lr", "-1"], "number > 0"),
     ("centralized-window", ["centralized", "--out", "{out}", "--window", "0"], "integer >= 1"),
+    (
+        "centralized-training-memory",
+        ["centralized", "--out", "{out}", "--training-memory", "future"],
+        "invalid choice",
+    ),
     ("inspect-encoding", ["data", "inspect", "{data}", "--encoding", "klingon"], "encoding"),
     ("unknown-command", ["nonsense"], "invalid choice"),
 ]

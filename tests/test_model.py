@@ -63,6 +63,46 @@ def test_memory_features_count_only_the_past():
     assert batch["window_places"][0].tolist() == [0, 2, 0, 1]
 
 
+def test_leave_one_out_training_memory_counts_the_training_range_minus_the_target():
+    # n = 8 check-ins: training targets are positions 1..5, so the training range is 0..5.
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4])
+    plain = dict(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
+    past = FeatureBuilder(12, ModelConfig(**plain))
+    loo = FeatureBuilder(12, ModelConfig(**plain, training_memory="leave-one-out"))
+    index = SampleIndex([user])
+    assert index.train_end.tolist() == [6]
+    # Position 3 (target place 2, last place 0): range 0,1,0,2,0,1 without position 3.
+    batch = loo.build(index, np.array([0]), np.array([3]), training=True)
+    memory = np.expm1(batch["memory"][0].numpy())
+    freq, trans, slot = (memory[MEMORY_FEATURES.index(f)] for f in ("freq", "trans", "slot"))
+    np.testing.assert_allclose(freq[[0, 1, 2, 3, 4]], [3, 2, 0, 0, 0], atol=1e-5)
+    # Transitions out of place 0 in the range: 0->1 twice (positions 1, 5); 0->2 is the target.
+    np.testing.assert_allclose(trans[[0, 1, 2]], [0, 2, 0], atol=1e-5)
+    assert slot[2] == pytest.approx(0.0, abs=1e-6) and np.all(slot <= freq + 1e-5)
+    # Check-ins after the training range (validation, test) are never counted.
+    assert freq[3] == pytest.approx(0.0, abs=1e-6) and freq[4] == pytest.approx(0.0, abs=1e-6)
+    # Everything else, and every evaluated sample, is as with the past-only memory.
+    reference = past.build(index, np.array([0]), np.array([3]), training=True)
+    for key in reference:
+        if key != "memory":
+            assert torch.equal(batch[key], reference[key]), key
+    recency = MEMORY_FEATURES.index("recency")
+    assert torch.equal(batch["memory"][0, recency], reference["memory"][0, recency])
+    for position in (3, 6, 7):  # a training sample evaluated, validation, test
+        a = loo.build(index, np.array([0]), np.array([position]))
+        b = past.build(index, np.array([0]), np.array([position]))
+        assert torch.equal(a["memory"], b["memory"]), position
+    with pytest.raises(ValueError, match="training samples only"):
+        loo.build(index, np.array([0]), np.array([6]), training=True)
+
+
+def test_training_memory_option_is_checked():
+    with pytest.raises(ValueError, match="model-training-memory"):
+        ModelConfig(training_memory="future")
+    with pytest.raises(ValueError, match="memory_limit"):
+        ModelConfig(training_memory="leave-one-out", memory_limit=5)
+
+
 def test_features_unchanged_when_future_changes():
     a = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
     b = make_user([0, 1, 0, 2, 0, 1, 3, 9, 9, 9])

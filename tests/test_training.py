@@ -90,3 +90,25 @@ def test_run_centralized_writes_metrics_and_predictions(tmp_path, city):
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert lines[0] == "user_id,target,rank"
     assert len(lines) - 1 == city.num_samples("test")
+
+
+def test_training_batches_use_the_training_memory_and_evaluation_the_past(city):
+    """With ``training_memory = "leave-one-out"`` local training reads training batches
+    (``build(..., training=True)``) and evaluation the past-only memory."""
+    config = ModelConfig(**SMALL, training_memory="leave-one-out").without_prior()
+    model, features = build_model(city.num_places, len(city.users), config, None, seed=0)
+    seen: list[bool] = []
+    build = features.build
+
+    def spy(index, users, positions, *, training=False):
+        seen.append(training)
+        return build(index, users, positions, training=training)
+
+    features.build = spy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local(model, features, city.users[:3], TrainConfig(epochs=1, batch_size=16))
+    assert seen and all(seen)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    seen.clear()
+    evaluate(model, features, SampleIndex(city.users[:3]), "test")
+    assert seen and not any(seen)

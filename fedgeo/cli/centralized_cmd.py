@@ -49,6 +49,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-personal-memory", action="store_true")
     group.add_argument("--no-user-embedding", action="store_true")
     group.add_argument(
+        "--training-memory",
+        choices=("past", "leave-one-out"),
+        default="past",
+        help="memory counts of training samples (docs/model.md)",
+    )
+    group.add_argument(
         "--prior-k", type=positive_int, default=10, help="neighbours per place in the prior"
     )
 
@@ -65,6 +71,7 @@ def model_config_from_args(args: argparse.Namespace):
         prior_score=not args.no_prior_score,
         personal_memory=not args.no_personal_memory,
         user_embedding=not args.no_user_embedding,
+        training_memory=args.training_memory,
     )
     return cfg.without_prior() if args.no_prior else cfg
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+TRAINING_MEMORIES = ("past", "leave-one-out")
+"""Values of :attr:`ModelConfig.training_memory`."""
+
 
 @dataclass
 class ModelConfig:
@@ -33,6 +36,22 @@ class ModelConfig:
     """A personal user vector (never leaves the device in a federation)."""
     memory_limit: int = 0
     """Use at most this many past check-ins for personal memory (0 = all)."""
+    training_memory: str = "past"
+    """Memory counts of *training* samples: ``"past"`` (the check-ins before the sample,
+    like every evaluated sample) or ``"leave-one-out"`` (the user's whole training range
+    minus the target check-in, as rich as an evaluated sample's). Evaluation always uses
+    the past only."""
+
+    def __post_init__(self) -> None:
+        if self.training_memory not in TRAINING_MEMORIES:
+            raise ValueError(
+                f"model option training_memory (run-config model-training-memory) must be "
+                f"one of {', '.join(TRAINING_MEMORIES)}, got {self.training_memory!r}"
+            )
+        if self.training_memory == "leave-one-out" and self.memory_limit > 0:
+            raise ValueError(
+                "model option training_memory 'leave-one-out' needs memory_limit 0 (all)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

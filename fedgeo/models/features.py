@@ -10,6 +10,12 @@ For a sample at position ``p`` of a user's time-ordered check-ins the inputs are
   ``recency`` = 0.8^age of the most recent visit within the window (0 if none);
 * the adjacency-prior row of the last place, scaled to a maximum of 1.
 
+With ``ModelConfig.training_memory = "leave-one-out"``, *training* batches
+(``build(..., training=True)``) count ``freq``, ``trans`` and ``slot`` over the user's whole
+training range (every check-in up to the last training target) minus the target check-in
+itself, so that training sees memory as rich as the test's; ``recency`` stays the window's.
+Validation and test samples always use their past only.
+
 Everything is computed with vectorized numpy over a flat concatenation of the
 users' check-ins, so a batch may mix users freely.
 """
@@ -57,6 +63,10 @@ class SampleIndex:
             self.times = np.zeros(0, np.int64)
         self.hour_of_week = hour_of_week(local)
         self.day_slot = (self.hour_of_week % 24) // SLOT_HOURS
+        self.train_end = np.array(
+            [int(u.train.max()) + 1 if len(u.train) else 0 for u in self.users], dtype=np.int64
+        )
+        """Per user: one past the last training target (the end of its training range)."""
 
     def samples(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """All samples of a split as (user index, position) arrays."""
@@ -89,9 +99,15 @@ class FeatureBuilder:
             self.prior_rows = sp.csr_matrix(sp.diags(1.0 / row_max) @ rows, dtype=np.float32)
 
     def build(
-        self, index: SampleIndex, users: np.ndarray, positions: np.ndarray
+        self,
+        index: SampleIndex,
+        users: np.ndarray,
+        positions: np.ndarray,
+        *,
+        training: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Inputs for samples ``(users[b], positions[b])``; includes ``target``."""
+        """Inputs for samples ``(users[b], positions[b])``; includes ``target``.
+        ``training``: these are training samples (see ``training_memory``)."""
         users = np.asarray(users, dtype=np.int64)
         positions = np.asarray(positions, dtype=np.int64)
         if np.any(positions < 1):
@@ -122,8 +138,20 @@ class FeatureBuilder:
             "target": torch.from_numpy(index.places[flat_target]),
         }
         if cfg.personal_memory:
+            leave_one_out = training and cfg.training_memory == "leave-one-out"
+            if leave_one_out and np.any(positions >= index.train_end[users]):
+                raise ValueError("leave-one-out memory is for training samples only")
             out["memory"] = torch.from_numpy(
-                self._memory(index, starts, positions, last_place, flat_target, valid, win_pos_c)
+                self._memory(
+                    index,
+                    starts,
+                    positions,
+                    last_place,
+                    flat_target,
+                    valid,
+                    win_pos_c,
+                    index.train_end[users] if leave_one_out else None,
+                )
             )
         if self.prior_rows is not None:
             out["prior_row"] = torch.from_numpy(self.prior_rows[last_place].toarray())
@@ -139,10 +167,13 @@ class FeatureBuilder:
         flat_target: np.ndarray,
         valid: np.ndarray,
         win_pos: np.ndarray,
+        train_end: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Memory over check-ins ``[:p]``, or with ``train_end`` over ``[:train_end]``
+        minus the target ``p`` (leave-one-out)."""
         num = self.num_places
         batch = len(positions)
-        lengths = positions.copy()
+        lengths = positions.copy() if train_end is None else train_end.copy()
         first = starts.copy()
         if self.config.memory_limit > 0:
             lengths = np.minimum(lengths, self.config.memory_limit)
@@ -162,6 +193,12 @@ class FeatureBuilder:
         trans = np.bincount(cell[is_trans], minlength=size)
         same_slot = index.day_slot[hist] == np.repeat(index.day_slot[flat_target], lengths)
         slot = np.bincount(cell[same_slot], minlength=size)
+        if train_end is not None:
+            # The target check-in itself is in the range: take it out of every count (it
+            # is a visit, a transition out of the last place, and in the target's slot).
+            target_cell = np.arange(batch) * num + index.places[flat_target]
+            for counts in (freq, trans, slot):
+                counts[target_cell] -= 1
         memory = np.empty((batch, len(MEMORY_FEATURES), num), dtype=np.float32)
         memory[:, 0] = np.log1p(freq).reshape(batch, num)
         memory[:, 1] = np.log1p(trans).reshape(batch, num)
