@@ -382,9 +382,6 @@ def test_nyc_per_user_split_gives_every_user_with_trajectories_a_split():
 def test_load_dataset_reads_nyc_through_the_reader():
     if not NYC.exists():
         pytest.skip(f"{NYC} not found: real data is not shipped with the repository")
-    readers = pytest.importorskip("fedgeo.data.readers")
-    if not hasattr(readers, "read_checkins"):
-        pytest.skip("fedgeo.data.readers.read_checkins not available yet")
     from fedgeo.data.loading import load_dataset
 
     ds, result = load_dataset(NYC, "csv", time_unit="min")
