@@ -112,10 +112,21 @@ def run_server(
 ) -> Federation:
     """Run one federation on ``grid`` with the flat run config ``values``; return it
     (``.final_arrays`` holds the final global arrays, results are in its out-dir)."""
-    config = RunConfig.from_mapping(values)
-    federation = Federation(grid, prepare(config), on_round=on_round, stop=stop)
+    federation = make_federation(grid, values, on_round=on_round, stop=stop)
     federation.run()
     return federation
+
+
+def make_federation(
+    grid: Grid,
+    values: Mapping[str, Any],
+    *,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Federation:
+    """A federation on ``grid`` for the flat run config ``values``, ready to run (or to
+    step through, see :func:`server.loop.run_interleaved`)."""
+    return Federation(grid, prepare(RunConfig.from_mapping(values)), on_round=on_round, stop=stop)
 
 
 def make_server_app(

@@ -253,9 +253,9 @@ def simulate(
     from threadpoolctl import threadpool_limits
 
     from client.app import app as client_app
-    from server.app import prepare, run_server
+    from server.app import make_federation, run_server
     from server.checkpoint import RESULTS_FILE
-    from server.loop import Federation, run_interleaved
+    from server.loop import run_interleaved
     from server.run_config import RunConfig
 
     configs = [RunConfig.from_mapping(values) for values in runs]
@@ -287,12 +287,7 @@ def simulate(
         view = grid_wrapper(grid) if grid_wrapper is not None else grid
         merged = [{**dict(context.run_config), **values} for values in runs]
         if interleave:
-            run_interleaved(
-                [
-                    Federation(view, prepare(RunConfig.from_mapping(v)), on_round=tick, stop=stop)
-                    for v in merged
-                ]
-            )
+            run_interleaved([make_federation(view, v, on_round=tick, stop=stop) for v in merged])
             return
         for config, values in zip(configs, merged, strict=True):
             run_server(view, values, on_round=on_round, stop=stop)

@@ -13,26 +13,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from tiny import NODES, TINY_RUN
 
 from fedgeo.models import NextLocationModel
 from server.app import prepare, simulation_dataset
 from server.run_config import RunConfig
 from server.simulate_cli import simulate
 
-NODES = 8
-TINY = {
-    "synthetic-num-users": NODES,
-    "synthetic-num-places": 80,
-    "synthetic-days": 21,
-    "num-rounds": 2,
-    "local-epochs": 1,
-    "batch-size": 32,
-    "model-embedding-dim": 8,
-    "model-hidden-dim": 16,
-    "model-window": 8,
-    "prior-k": 5,
-    "profile-ldp-epsilon": 1.0,
-}
+TINY = {**TINY_RUN, "num-rounds": 2, "profile-ldp-epsilon": 1.0}
 STRATEGIES = ("fedgeo", "scaffold", "feddyn", "local")
 ALLOWED_RECORDS = {"arrays", "metrics", "control-delta", "profile"}
 MIN_SEQUENCE = 4

@@ -138,9 +138,11 @@ class FeatureBuilder:
             "target": torch.from_numpy(index.places[flat_target]),
         }
         if cfg.personal_memory:
-            leave_one_out = training and cfg.training_memory == "leave-one-out"
-            if leave_one_out and np.any(positions >= index.train_end[users]):
-                raise ValueError("leave-one-out memory is for training samples only")
+            train_end = None
+            if training and cfg.training_memory == "leave-one-out":
+                train_end = index.train_end[users]
+                if np.any(positions >= train_end):
+                    raise ValueError("leave-one-out memory is for training samples only")
             out["memory"] = torch.from_numpy(
                 self._memory(
                     index,
@@ -150,7 +152,7 @@ class FeatureBuilder:
                     flat_target,
                     valid,
                     win_pos_c,
-                    index.train_end[users] if leave_one_out else None,
+                    train_end,
                 )
             )
         if self.prior_rows is not None:

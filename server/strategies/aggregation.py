@@ -244,7 +244,8 @@ def geometric_median(
     # twice (Y u, then w Y) and never builds a K x P temporary.
     center = w.astype(work) @ matrix
     matrix -= center
-    row_sq = np.array([_sq_norm(row) for row in matrix])
+    scratch = np.empty(matrix.shape[1], dtype=np.float64)  # one float64 row, reused
+    row_sq = np.array([_sq_norm(row, scratch) for row in matrix])
     u = np.zeros_like(center)
     converged, iterations = False, 0
     while iterations < max_iter:
@@ -264,9 +265,16 @@ def geometric_median(
     return Aggregate(unflatten(theta, layout), w, distances, drift, iterations, converged)
 
 
-def _sq_norm(vector: np.ndarray) -> float:
-    """``||v||^2`` accumulated in float64."""
-    v = vector.astype(np.float64, copy=False)
+def _sq_norm(vector: np.ndarray, scratch: np.ndarray | None = None) -> float:
+    """``||v||^2`` accumulated in float64 (a float32 ``v`` is widened into ``scratch``,
+    when given, instead of a fresh array)."""
+    if vector.dtype == np.float64:
+        v = vector
+    elif scratch is not None:
+        v = scratch[: vector.size]
+        np.copyto(v, vector)
+    else:
+        v = vector.astype(np.float64)
     return float(v @ v)
 
 
