@@ -33,6 +33,7 @@ from fedgeo.message_keys import (  # noqa: F401 (re-exported)
     METRICS,
     NUM_EXAMPLES,
     PROXIMAL_MU,
+    SCAFFOLD_CONTROL,
     SERVER_CONTROL,
     SERVER_ROUND,
     TRAIN_LOSS,
@@ -64,6 +65,9 @@ class TrainInstructions:
     """Train and keep the client's own full model; no federation."""
     server_control: dict[str, torch.Tensor] | None = None
     """SCAFFOLD server control variate c (None: not SCAFFOLD)."""
+    scaffold_control: str = "auto"
+    """SCAFFOLD's client control update: ``option-ii``, ``mean-gradient`` or ``auto``
+    (option II with plain SGD, the mean raw gradient otherwise)."""
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainInstructions:
@@ -79,6 +83,7 @@ class TrainInstructions:
             server_control=(
                 dict(control.to_torch_state_dict()) if isinstance(control, ArrayRecord) else None
             ),
+            scaffold_control=str(config.get(SCAFFOLD_CONTROL, "auto")),
         )
 
     @property
@@ -177,6 +182,53 @@ def scaffold_update_control(
             c = _get(c_global, key, "c_global").detach().to(y.device, y.dtype)
             x = _get(x_global, key, "x_global").detach().to(y.device, y.dtype)
             new[key] = old - c + (x - y) / (steps * lr)
+            delta[key] = new[key] - old
+    return new, delta
+
+
+def scaffold_accumulate_gradients(model_params: Tensors, sums: dict[str, torch.Tensor]) -> None:
+    """SCAFFOLD, after ``backward()`` and before the correction: add each parameter's raw
+    gradient to ``sums`` (created on first use)."""
+    with torch.no_grad():
+        for key, p in _named(model_params).items():
+            if p.grad is None:
+                continue
+            if key in sums:
+                sums[key].add_(p.grad)
+            else:
+                sums[key] = p.grad.detach().clone()
+
+
+def scaffold_mean_gradient_control(
+    c_local: Mapping[str, torch.Tensor] | None,
+    gradient_sums: Mapping[str, torch.Tensor],
+    y_local: Tensors,
+    steps: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """SCAFFOLD's client control as the mean raw gradient along the local trajectory:
+    ``c_i+ = (1/K) sum_k g_i(y_k)``, what option II computes under plain SGD, without
+    assuming it (with Adam, ``(x - y_i) / (K lr)`` is about one per coordinate whatever the
+    gradient). Entries are those of ``y_local`` (no gradient: zero); with ``steps == 0``
+    ``c_i`` is kept. Returns ``(c_i+, Δc_i)``."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    new: dict[str, torch.Tensor] = {}
+    delta: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, y in _named(y_local).items():
+            y = y.detach()
+            old = (
+                c_local[key].detach().to(y.device, y.dtype)
+                if c_local is not None and key in c_local
+                else torch.zeros_like(y)
+            )
+            if steps == 0:
+                new[key], delta[key] = old.clone(), torch.zeros_like(y)
+                continue
+            total = gradient_sums.get(key)
+            new[key] = (
+                total.to(y.device, y.dtype) / steps if total is not None else torch.zeros_like(y)
+            )
             delta[key] = new[key] - old
     return new, delta
 

@@ -22,7 +22,9 @@ from client.algorithms import (
     add_proximal_gradient,
     feddyn_regularizer,
     feddyn_update_state,
+    scaffold_accumulate_gradients,
     scaffold_correct_gradients,
+    scaffold_mean_gradient_control,
     scaffold_update_control,
 )
 from client.data_source import ClientSource
@@ -199,9 +201,11 @@ def client_side(
     state: Mapping[str, np.ndarray],
     reference: Mapping[str, torch.Tensor],
     lr: float,
+    optimizer: str = "sgd",
 ) -> ClientSide:
     """The hooks of the instruction's algorithm (``anchor``: the received global
-    arrays; ``reference``: the model's state dict, for dtypes and shapes)."""
+    arrays; ``reference``: the model's state dict, for dtypes and shapes; ``optimizer``:
+    the local optimizer, which picks SCAFFOLD's control update)."""
     algorithm = instructions.algorithm
     if algorithm == "proximal":
         mu = instructions.proximal_mu
@@ -224,13 +228,24 @@ def client_side(
         c_global = _tensors(instructions.server_control, reference)
         c_local = _tensors(select(state, "scaffold"), reference) or None
 
+        mode = instructions.scaffold_control
+        plain_sgd = mode == "option-ii" or (mode == "auto" and optimizer == "sgd")
+        sums: dict[str, torch.Tensor] = {}
+
         def correct(m: NextLocationModel) -> None:
+            if not plain_sgd:
+                scaffold_accumulate_gradients(m.shared_parameters(), sums)
             scaffold_correct_gradients(m.shared_parameters(), c_global, c_local)
 
         def finish_scaffold(m: NextLocationModel, steps: int) -> tuple[dict, dict]:
-            c_new, delta = scaffold_update_control(
-                c_local, c_global, anchor, m.shared_parameters(), lr, steps
-            )
+            if plain_sgd:  # option II, as in the paper (exact under plain SGD)
+                c_new, delta = scaffold_update_control(
+                    c_local, c_global, anchor, m.shared_parameters(), lr, steps
+                )
+            else:
+                c_new, delta = scaffold_mean_gradient_control(
+                    c_local, sums, m.shared_parameters(), steps
+                )
             return with_prefix("scaffold", c_new), {
                 k: v.detach().cpu().numpy() for k, v in delta.items()
             }
@@ -272,7 +287,7 @@ def train(
     model = local.model
     reference = model.state_dict()
     anchor = _tensors(global_arrays, reference)
-    side = client_side(instructions, anchor, state, reference, cfg.lr)
+    side = client_side(instructions, anchor, state, reference, cfg.lr, cfg.optimizer)
     metrics = train_local(
         model,
         local.features,

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Scalar] = {
     "server-lr": 1.0,
     "server-momentum": 0.9,
     "alpha": 0.01,
+    "scaffold-control": "auto",
     "fedgeo-exclusion": True,
     "fedgeo-exclusion-by": "distinct_places",
     "fedgeo-floor": 0.05,
@@ -109,6 +110,10 @@ DEFAULTS: dict[str, Scalar] = {
     "model-user-embedding": True,
     "model-memory-limit": 0,
     "model-training-memory": "past",
+    "model-shared-score-init": "zero",
+    "model-prior-gate-bias": -4.0,
+    "model-return-score": True,
+    "model-return-bias": 4.0,
     # privacy of the data profile
     "profile-ldp-epsilon": 0.0,
     "profile-ldp-radius-km": 50.0,
@@ -129,12 +134,16 @@ SECTIONS: dict[str, type] = {
 }
 """Key prefix -> settings dataclass whose fields the prefixed keys set."""
 
+SCAFFOLD_CONTROLS = ("auto", "option-ii", "mean-gradient")
+"""Values of ``scaffold-control``: SCAFFOLD's client control update (docs/method.md)."""
+
 RESUMABLE_CHANGES = frozenset(
     {"num-rounds", "resume", "out-dir", "round-timeout", "node-wait", "research-mode", "eval-every"}
 )
 """Keys a resumed run may change; any other difference from the checkpoint is an error."""
 
 TRAIN_KEYS = (
+    "scaffold-control",
     "local-epochs",
     "batch-size",
     "lr",
@@ -224,6 +233,11 @@ class RunConfig:
         for key in ("num-rounds", "eval-every", "local-epochs", "batch-size", "min-replies"):
             if int(config.values[key]) < 1:
                 raise ValueError(f"run-config '{key}' must be >= 1, got {config.values[key]}")
+        if config.values["scaffold-control"] not in SCAFFOLD_CONTROLS:
+            raise ValueError(
+                f"run-config 'scaffold-control' must be one of {', '.join(SCAFFOLD_CONTROLS)}, "
+                f"got {config.values['scaffold-control']!r}"
+            )
         # Build every settings object once, so that a bad value fails here.
         _ = (config.model, config.protocol, config.prior, config.synthetic)
         if str(config.values["dp"]).strip().lower() != "none":

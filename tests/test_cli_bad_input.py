@@ -348,6 +348,16 @@ BAD_OPTIONS = [
         ["centralized", "--out", "{out}", "--training-memory", "future"],
         "invalid choice",
     ),
+    (
+        "centralized-shared-score-init",
+        ["centralized", "--out", "{out}", "--shared-score-init", "ones"],
+        "invalid choice",
+    ),
+    (
+        "centralized-prior-gate-bias",
+        ["centralized", "--out", "{out}", "--prior-gate-bias", "low"],
+        "invalid float value",
+    ),
     ("inspect-encoding", ["data", "inspect", "{data}", "--encoding", "klingon"], "encoding"),
     ("unknown-command", ["nonsense"], "invalid choice"),
 ]

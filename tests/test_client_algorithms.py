@@ -17,7 +17,9 @@ from client.algorithms import (
     feddyn_regularizer,
     feddyn_update_state,
     proximal_term,
+    scaffold_accumulate_gradients,
     scaffold_correct_gradients,
+    scaffold_mean_gradient_control,
     scaffold_update_control,
 )
 from server.strategies import FedDyn, FedGeo, LocalOnly, Scaffold
@@ -137,6 +139,38 @@ def test_scaffold_control_is_the_mean_raw_gradient_after_corrected_sgd() -> None
     torch.testing.assert_close(delta["w"], a - c_i["w"], rtol=1e-5, atol=1e-5)
 
 
+def test_scaffold_mean_gradient_control_with_adam_is_the_mean_raw_gradient() -> None:
+    """With Adam, c_i+ is the mean of the raw (uncorrected) gradients along the steps,
+    and equals option II's value when the optimizer is plain SGD."""
+    target = t(0.5, -2.0)
+    x = t(1.0, 1.0)
+    c, c_i = {"w": t(0.2, 0.4)}, {"w": t(-0.1, 0.3)}
+    for optimizer in ("adam", "sgd"):
+        w = x.clone().requires_grad_(True)
+        opt = (
+            torch.optim.Adam([w], lr=0.05) if optimizer == "adam" else torch.optim.SGD([w], lr=0.05)
+        )
+        sums: dict[str, torch.Tensor] = {}
+        raw = []
+        for _ in range(5):
+            opt.zero_grad()
+            ((w - target) ** 2).sum().backward()  # gradient 2 (w - target) changes each step
+            raw.append(w.grad.detach().clone())
+            scaffold_accumulate_gradients({"w": w}, sums)
+            scaffold_correct_gradients({"w": w}, c, c_i)
+            opt.step()
+        new, delta = scaffold_mean_gradient_control(c_i, sums, {"w": w}, steps=5)
+        torch.testing.assert_close(new["w"], torch.stack(raw).mean(0))
+        torch.testing.assert_close(delta["w"], new["w"] - c_i["w"])
+        option_two, _ = scaffold_update_control(c_i, c, {"w": x}, {"w": w}, lr=0.05, steps=5)
+        if optimizer == "sgd":
+            torch.testing.assert_close(new["w"], option_two["w"], rtol=1e-5, atol=1e-5)
+        else:  # Adam's steps are about lr each: option II would read ~1 per coordinate
+            assert not torch.allclose(new["w"], option_two["w"], atol=0.1)
+    kept, zero = scaffold_mean_gradient_control(c_i, {}, {"w": x}, steps=0)
+    assert torch.equal(kept["w"], c_i["w"]) and torch.equal(zero["w"], torch.zeros(2))
+
+
 # --- FedDyn ------------------------------------------------------------------------------
 
 
@@ -211,3 +245,39 @@ def test_instructions_parsed_from_real_strategy_messages(monkeypatch: pytest.Mon
     assert prox.algorithm == "proximal" and prox.proximal_mu == pytest.approx(0.2)
     assert first(FedGeo()).algorithm == "plain"
     assert first(LocalOnly()).algorithm == "local"
+
+
+def test_scaffold_client_side_picks_the_control_update_from_the_optimizer() -> None:
+    """Through the client's hooks (``scaffold-control = auto``): with Adam the reply's
+    control is the mean raw gradient (finite, about the gradients' size); with SGD, or
+    with Adam and ``option-ii`` forced, it is option II."""
+    from client.algorithms import TrainInstructions
+    from client.local_training import client_side
+    from fedgeo.data.loading import load_dataset
+    from fedgeo.data.synthetic import SyntheticConfig
+    from fedgeo.models import ModelConfig, build_model
+    from fedgeo.training import TrainConfig, train_local
+
+    dataset, _ = load_dataset(synthetic=SyntheticConfig(num_users=4, num_places=40, days=10))
+    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, window=4).without_prior()
+    controls = {}
+    for optimizer, mode in (("adam", "auto"), ("sgd", "auto"), ("adam", "option-ii")):
+        model, features = build_model(dataset.num_places, 1, cfg, seed=0)
+        reference = model.state_dict()
+        anchor = {k: v.clone() for k, v in model.shared_state().items()}
+        zeros = {k: torch.zeros_like(v) for k, v in anchor.items()}
+        instructions = TrainInstructions(server_control=zeros, scaffold_control=mode)
+        side = client_side(instructions, anchor, {}, reference, 0.01, optimizer)
+        train_cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, optimizer=optimizer, grad_clip=0)
+        stats = train_local(
+            model, features, dataset.users[:1], train_cfg, after_backward=side.after_backward
+        )
+        state, delta = side.finish(model, int(stats["steps"]))
+        controls[optimizer, mode] = torch.as_tensor(state["scaffold.place_bias"])
+        if optimizer == "sgd" or mode == "option-ii":  # option II: (x - y) / (K lr)
+            moved = (anchor["place_bias"] - model.place_bias.detach()) / (stats["steps"] * 0.01)
+            torch.testing.assert_close(controls[optimizer, mode], moved)
+    adam = controls["adam", "auto"]
+    # the place-bias gradient of a softmax is a difference of probabilities: |g| <= 1
+    assert torch.isfinite(adam).all() and float(adam.abs().max()) <= 1.0
+    assert float(adam.abs().sum()) > 0

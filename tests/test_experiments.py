@@ -185,3 +185,29 @@ def test_untrained_reference_is_the_freshly_built_model(tmp_path: Path) -> None:
     expected = evaluate(model, features, SampleIndex(dataset.users), "test").metrics()
     assert metrics["test"]["acc@1"] == pytest.approx(expected["acc@1"])
     assert metrics["test"]["mrr"] == pytest.approx(expected["mrr"])
+
+
+def test_return_score_fit_lowers_the_loss_and_lifts_only_visited_places() -> None:
+    import numpy as np
+    import torch
+
+    from experiments.return_score_fit import fit, scores
+    from fedgeo.data.loading import load_dataset
+    from fedgeo.data.synthetic import SyntheticConfig
+    from fedgeo.models import ModelConfig, SampleIndex, build_model
+
+    dataset, _ = load_dataset(synthetic=SyntheticConfig(num_users=20, num_places=60, days=20))
+    _, features = build_model(dataset.num_places, 1, ModelConfig().without_prior(), seed=0)
+    index = SampleIndex(dataset.users)
+    batch = features.build(index, *index.samples("train"))
+    memory, target = batch["memory"], batch["target"]
+    losses = {}
+    for with_return in (False, True):
+        bias, ret = fit(memory, target, with_return)
+        losses[with_return] = float(
+            torch.nn.functional.cross_entropy(scores(memory, bias, ret), target)
+        )
+    assert losses[True] <= losses[False] + 1e-6
+    lifted = scores(memory, bias, torch.tensor(2.0)) - scores(memory, bias, None)
+    visited = (memory[:, 0] > 0).numpy()
+    assert np.allclose(lifted.numpy()[visited], 2.0) and np.all(lifted.numpy()[~visited] == 0)

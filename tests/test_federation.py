@@ -303,6 +303,13 @@ def test_run_config_coerces_strings_and_rejects_unknown_keys():
         RunConfig.from_mapping({"num-rounds": "many"})
 
 
+def test_scaffold_control_is_checked_and_forwarded_to_the_clients():
+    with pytest.raises(ValueError, match="scaffold-control"):
+        RunConfig.from_mapping({"scaffold-control": "option-iii"})
+    config = RunConfig.from_mapping({"scaffold-control": "option-ii"})
+    assert config.train_settings()["scaffold-control"] == "option-ii"
+
+
 def test_device_reads_its_own_checkins_onto_the_public_place_table(tmp_path):
     config = RunConfig.from_mapping({**TINY, "protocol-split": "per-user"})
     dataset = simulation_dataset(config)

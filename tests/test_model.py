@@ -103,6 +103,104 @@ def test_training_memory_option_is_checked():
         ModelConfig(training_memory="leave-one-out", memory_limit=5)
 
 
+def test_zero_shared_score_init_starts_the_model_as_its_memory_and_prior():
+    """With ``shared_score_init = "zero"`` the untrained model's scores are exactly its
+    gated memory and prior scores: the shared network adds nothing until it learns."""
+    places = make_places()
+    prior = AdjacencyPrior.from_places(places, PriorConfig(k=3))
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
+    index = SampleIndex([user])
+    cfg = ModelConfig(**SMALL, return_score=False)  # defaults: zero start, prior gate -4
+    model, features = build_model(12, 1, cfg, prior, seed=3)
+    model.eval()
+    batch = features.build(index, np.zeros(3, dtype=np.int64), np.array([4, 6, 8]))
+    with torch.no_grad():
+        scores = model(batch)
+        gates = torch.nn.functional.softplus(torch.ones(len(MEMORY_FEATURES)))
+        expected = torch.einsum("f,bfl->bl", gates, batch["memory"])
+        expected += torch.nn.functional.softplus(torch.tensor(-4.0)) * batch["prior_row"]
+    torch.testing.assert_close(scores, expected)
+    # The model before stop 11: random shared score, prior gate at softplus(0).
+    before = ModelConfig(**SMALL, return_score=False, shared_score_init="random", prior_gate_bias=0)
+    random_model, _ = build_model(12, 1, before, prior, seed=3)
+    random_model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(random_model(batch), expected)
+        assert float(random_model.prior_gate.bias) == 0.0
+    # Training moves the zero-started shared score.
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(batch), batch["target"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(model.query[2].weight.detach().abs().sum()) > 0
+
+
+def test_return_score_lifts_visited_places_by_its_gate():
+    """The return score adds the same learned amount to every place the user visited
+    before, so it moves how likely a return is without reordering the visited places."""
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
+    index = SampleIndex([user])
+    base = dict(**SMALL, shared_score_init="zero")
+    plain_cfg = ModelConfig(**base, return_score=False).without_prior()
+    plain, features = build_model(12, 1, plain_cfg, seed=1)
+    cfg = ModelConfig(**base, return_score=True, return_bias=2.5).without_prior()
+    model, _ = build_model(12, 1, cfg, seed=1)
+    plain.eval()
+    model.eval()
+    batch = features.build(index, np.zeros(2, dtype=np.int64), np.array([4, 8]))
+    seen = (batch["memory"][:, MEMORY_FEATURES.index("freq")] > 0).float()
+    assert seen[0].tolist() == [1, 1, 1] + [0] * 9  # places 0, 1, 2 before position 4
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), plain(batch) + 2.5 * seen)
+    # The gate is shared (it is sent and averaged), and learned.
+    assert "return_gate.bias" in model.shared_state()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss = torch.nn.functional.cross_entropy(model(batch), batch["target"])
+    loss.backward()
+    optimizer.step()
+    assert float(model.return_gate.bias) != 2.5
+
+
+def test_a_config_stored_before_the_return_score_builds_that_model():
+    """Model configs stored before stop 11 (a global model file's metadata, a run's
+    model-config JSON) lack the new options: they rebuild the model they described, so the
+    arrays saved with them still load."""
+    old = ModelConfig(**SMALL, return_score=False, shared_score_init="random", prior_gate_bias=0)
+    stored = {
+        k: v
+        for k, v in old.to_dict().items()
+        if k not in ("return_score", "shared_score_init", "prior_gate_bias", "return_bias")
+    }
+    assert ModelConfig.from_dict(stored) == old
+    saved, _ = build_model(12, 1, old.without_prior(), seed=0)
+    model, _ = build_model(12, 1, ModelConfig.from_dict(stored).without_prior(), seed=0)
+    model.load_shared_state(saved.shared_state())
+    # A complete dict is taken as it is.
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+
+
+def test_shared_score_init_option_is_checked():
+    with pytest.raises(ValueError, match="model-shared-score-init"):
+        ModelConfig(shared_score_init="ones")
+
+
+def test_centralized_command_passes_the_model_start_options():
+    import argparse
+
+    from fedgeo.cli.centralized_cmd import add_model_arguments, model_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert model_config_from_args(parser.parse_args([])) == ModelConfig()
+    argv = ["--shared-score-init", "random", "--prior-gate-bias", "0", "--no-return-score"]
+    cfg = model_config_from_args(parser.parse_args(argv))
+    assert (cfg.shared_score_init, cfg.prior_gate_bias, cfg.return_score) == ("random", 0.0, False)
+
+
 def test_features_unchanged_when_future_changes():
     a = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
     b = make_user([0, 1, 0, 2, 0, 1, 3, 9, 9, 9])

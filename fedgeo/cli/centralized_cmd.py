@@ -55,6 +55,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="memory counts of training samples (docs/model.md)",
     )
     group.add_argument(
+        "--shared-score-init",
+        choices=("random", "zero"),
+        default=None,
+        help="start of the shared neural score (docs/model.md; default: the model's)",
+    )
+    group.add_argument(
+        "--no-return-score",
+        action="store_true",
+        help="leave out the preferential-return score (docs/model.md)",
+    )
+    group.add_argument(
+        "--prior-gate-bias",
+        type=float,
+        default=None,
+        help="initial bias of the prior score's gate (default: the model's)",
+    )
+    group.add_argument(
         "--prior-k", type=positive_int, default=10, help="neighbours per place in the prior"
     )
 
@@ -62,7 +79,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def model_config_from_args(args: argparse.Namespace):
     from fedgeo.models import ModelConfig
 
+    starts = {
+        key: value
+        for key, value in (
+            ("shared_score_init", args.shared_score_init),
+            ("prior_gate_bias", args.prior_gate_bias),
+            ("return_score", False if args.no_return_score else None),
+        )
+        if value is not None
+    }
     cfg = ModelConfig(
+        **starts,
         embedding_dim=args.embedding_dim,
         hidden_dim=args.hidden_dim,
         window=args.window,

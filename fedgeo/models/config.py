@@ -7,6 +7,15 @@ from typing import Any
 
 TRAINING_MEMORIES = ("past", "leave-one-out")
 """Values of :attr:`ModelConfig.training_memory`."""
+SHARED_SCORE_INITS = ("random", "zero")
+"""Values of :attr:`ModelConfig.shared_score_init`."""
+STORED_BEFORE_STOP_11 = {
+    "shared_score_init": "random",
+    "return_score": False,
+    "prior_gate_bias": 0.0,
+}
+"""What a stored configuration that lacks these options meant: it was written before they
+existed, by the model that had no return score (:meth:`ModelConfig.from_dict`)."""
 
 
 @dataclass
@@ -41,12 +50,32 @@ class ModelConfig:
     like every evaluated sample) or ``"leave-one-out"`` (the user's whole training range
     minus the target check-in, as rich as an evaluated sample's). Evaluation always uses
     the past only."""
+    shared_score_init: str = "zero"
+    """Start of the shared neural score ``q . E'_l``: ``"zero"`` (its output layer starts
+    at zero, so the untrained model ranks by the personal memory and the prior score only
+    and the shared score grows from nothing as it learns) or ``"random"`` (PyTorch's
+    default initialization of the query network; the model before stop 11)."""
+    return_score: bool = True
+    """Add a context-gated score, unconstrained in sign, for every place the user has
+    visited before (freq > 0): the preferential-return term, which lets training set how
+    likely a return is apart from how the counts rank the places returned to. Needs
+    ``personal_memory`` (it reads the visit counts)."""
+    return_bias: float = 4.0
+    """Initial bias of the return score's gate (the log-odds boost of a visited place)."""
+    prior_gate_bias: float = -4.0
+    """Initial bias of the prior score's gate; the score's starting weight is
+    ``softplus(prior_gate_bias)`` (-4 gives 0.018; 0, the model before stop 11, 0.69)."""
 
     def __post_init__(self) -> None:
         if self.training_memory not in TRAINING_MEMORIES:
             raise ValueError(
                 f"model option training_memory (run-config model-training-memory) must be "
                 f"one of {', '.join(TRAINING_MEMORIES)}, got {self.training_memory!r}"
+            )
+        if self.shared_score_init not in SHARED_SCORE_INITS:
+            raise ValueError(
+                f"model option shared_score_init (run-config model-shared-score-init) must "
+                f"be one of {', '.join(SHARED_SCORE_INITS)}, got {self.shared_score_init!r}"
             )
         if self.training_memory == "leave-one-out" and self.memory_limit > 0:
             raise ValueError(
@@ -58,12 +87,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
+        """Build from a stored dict (a run's model config, a model file's metadata).
+
+        Unknown keys raise ``ValueError`` naming them. A dict without the options added in
+        stop 11 was written before them, so those take their earlier values
+        (:data:`STORED_BEFORE_STOP_11`): a global model saved then still loads."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**{**STORED_BEFORE_STOP_11, **values})
 
     def without_prior(self) -> ModelConfig:
         """The same configuration with every use of the geographic prior switched off."""

@@ -8,6 +8,7 @@ Scores over all ``L`` places for a batch built by :class:`~fedgeo.models.feature
     q       = MLP([h, T_q[target hour], log gap, log history, u])   u: personal user vector
     s_l     = q . E'_l + b_l                                        shared neural score
             + sum_f softplus(G_f q + c_f) * M_f[l]                  personal memory (on device)
+            + (G_r q + c_r) * 1[freq[l] > 0]                         return score (optional)
             + softplus(G_a q + c_a) * A_row(last)[l]                 prior score
 
 Parameter names starting with ``user_embedding`` are personal: a federation never
@@ -23,6 +24,8 @@ from torch import nn
 
 from fedgeo.models.config import ModelConfig
 from fedgeo.models.features import HOURS_PER_WEEK, MEMORY_FEATURES
+
+FREQ = MEMORY_FEATURES.index("freq")
 
 PERSONAL_PREFIXES = ("user_embedding.",)
 
@@ -66,11 +69,18 @@ class NextLocationModel(nn.Module):
             nn.GELU(),
             nn.Linear(2 * d, d),
         )
+        if cfg.shared_score_init == "zero":
+            nn.init.zeros_(self.query[2].weight)
+            nn.init.zeros_(self.query[2].bias)
         gate_in = cfg.hidden_dim + d + 2
         if cfg.personal_memory:
             self.memory_gate = nn.Linear(gate_in, len(MEMORY_FEATURES))
             nn.init.zeros_(self.memory_gate.weight)
             nn.init.constant_(self.memory_gate.bias, 1.0)
+            if cfg.return_score:
+                self.return_gate = nn.Linear(gate_in, 1)
+                nn.init.zeros_(self.return_gate.weight)
+                nn.init.constant_(self.return_gate.bias, cfg.return_bias)
         if cfg.prior_propagation:
             if prior_matrix is None:
                 raise ValueError("prior_propagation needs prior_matrix")
@@ -78,7 +88,7 @@ class NextLocationModel(nn.Module):
         if cfg.prior_score:
             self.prior_gate = nn.Linear(gate_in, 1)
             nn.init.zeros_(self.prior_gate.weight)
-            nn.init.constant_(self.prior_gate.bias, 0.0)
+            nn.init.constant_(self.prior_gate.bias, cfg.prior_gate_bias)
         if prior_matrix is not None and cfg.prior_propagation:
             self.register_buffer("prior_matrix", prior_matrix.coalesce(), persistent=False)
         else:
@@ -128,6 +138,9 @@ class NextLocationModel(nn.Module):
         if self.config.personal_memory:
             gates = nn.functional.softplus(self.memory_gate(context))
             scores = scores + torch.einsum("bf,bfl->bl", gates, batch["memory"])
+            if self.config.return_score:
+                seen = (batch["memory"][:, FREQ] > 0).to(scores.dtype)
+                scores = scores + self.return_gate(context) * seen
         if self.config.prior_score and "prior_row" in batch:
             gate = nn.functional.softplus(self.prior_gate(context))
             scores = scores + gate * batch["prior_row"]
