@@ -17,7 +17,7 @@ Global tensors are treated as constants (detached). Formulas: docs/method.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -164,6 +164,23 @@ def scaffold_update_control(
     """
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+
+    def option_two(key: str, y: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        c = _get(c_global, key, "c_global").detach().to(y.device, y.dtype)
+        x = _get(x_global, key, "x_global").detach().to(y.device, y.dtype)
+        return old - c + (x - y) / (steps * lr)
+
+    return _new_controls(c_local, y_local, steps, option_two)
+
+
+def _new_controls(
+    c_local: Mapping[str, torch.Tensor] | None,
+    y_local: Tensors,
+    steps: int,
+    value: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(c_i+, Δc_i)`` over the entries of ``y_local``, with ``c_i+ = value(key, y, c_i)``
+    (``c_local`` None = zeros); with ``steps == 0`` ``c_i`` is kept and ``Δc_i`` is zero."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     new: dict[str, torch.Tensor] = {}
@@ -179,9 +196,7 @@ def scaffold_update_control(
             if steps == 0:
                 new[key], delta[key] = old.clone(), torch.zeros_like(y)
                 continue
-            c = _get(c_global, key, "c_global").detach().to(y.device, y.dtype)
-            x = _get(x_global, key, "x_global").detach().to(y.device, y.dtype)
-            new[key] = old - c + (x - y) / (steps * lr)
+            new[key] = value(key, y, old)
             delta[key] = new[key] - old
     return new, delta
 
@@ -210,27 +225,12 @@ def scaffold_mean_gradient_control(
     assuming it (with Adam, ``(x - y_i) / (K lr)`` is about one per coordinate whatever the
     gradient). Entries are those of ``y_local`` (no gradient: zero); with ``steps == 0``
     ``c_i`` is kept. Returns ``(c_i+, Δc_i)``."""
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    new: dict[str, torch.Tensor] = {}
-    delta: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for key, y in _named(y_local).items():
-            y = y.detach()
-            old = (
-                c_local[key].detach().to(y.device, y.dtype)
-                if c_local is not None and key in c_local
-                else torch.zeros_like(y)
-            )
-            if steps == 0:
-                new[key], delta[key] = old.clone(), torch.zeros_like(y)
-                continue
-            total = gradient_sums.get(key)
-            new[key] = (
-                total.to(y.device, y.dtype) / steps if total is not None else torch.zeros_like(y)
-            )
-            delta[key] = new[key] - old
-    return new, delta
+
+    def mean_gradient(key: str, y: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        total = gradient_sums.get(key)
+        return total.to(y.device, y.dtype) / steps if total is not None else torch.zeros_like(y)
+
+    return _new_controls(c_local, y_local, steps, mean_gradient)
 
 
 def feddyn_regularizer(
