@@ -34,6 +34,7 @@ from fedgeo.message_keys import (  # noqa: F401 (re-exported)
     NUM_EXAMPLES,
     PROXIMAL_MU,
     SCAFFOLD_CONTROL,
+    SCAFFOLD_CONTROLS,
     SERVER_CONTROL,
     SERVER_ROUND,
     TRAIN_LOSS,
@@ -83,7 +84,7 @@ class TrainInstructions:
             server_control=(
                 dict(control.to_torch_state_dict()) if isinstance(control, ArrayRecord) else None
             ),
-            scaffold_control=str(config.get(SCAFFOLD_CONTROL, "auto")),
+            scaffold_control=_scaffold_control(config),
         )
 
     @property
@@ -98,6 +99,16 @@ class TrainInstructions:
         if self.proximal_mu > 0:
             return "proximal"
         return "plain"
+
+
+def _scaffold_control(config) -> str:
+    value = str(config.get(SCAFFOLD_CONTROL, "auto"))
+    if value not in SCAFFOLD_CONTROLS:
+        raise ValueError(
+            f"train config '{SCAFFOLD_CONTROL}' must be one of {', '.join(SCAFFOLD_CONTROLS)}, "
+            f"got {value!r}"
+        )
+    return value
 
 
 def proximal_term(params: Tensors, global_params: Tensors, mu: float) -> torch.Tensor:

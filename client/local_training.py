@@ -201,7 +201,7 @@ def client_side(
     state: Mapping[str, np.ndarray],
     reference: Mapping[str, torch.Tensor],
     lr: float,
-    optimizer: str = "sgd",
+    optimizer: str,
 ) -> ClientSide:
     """The hooks of the instruction's algorithm (``anchor``: the received global
     arrays; ``reference``: the model's state dict, for dtypes and shapes; ``optimizer``:
@@ -229,16 +229,16 @@ def client_side(
         c_local = _tensors(select(state, "scaffold"), reference) or None
 
         mode = instructions.scaffold_control
-        plain_sgd = mode == "option-ii" or (mode == "auto" and optimizer == "sgd")
+        option_two = mode == "option-ii" or (mode == "auto" and optimizer == "sgd")
         sums: dict[str, torch.Tensor] = {}
 
         def correct(m: NextLocationModel) -> None:
-            if not plain_sgd:
+            if not option_two:
                 scaffold_accumulate_gradients(m.shared_parameters(), sums)
             scaffold_correct_gradients(m.shared_parameters(), c_global, c_local)
 
         def finish_scaffold(m: NextLocationModel, steps: int) -> tuple[dict, dict]:
-            if plain_sgd:  # option II, as in the paper (exact under plain SGD)
+            if option_two:  # as in the paper (exact under plain SGD)
                 c_new, delta = scaffold_update_control(
                     c_local, c_global, anchor, m.shared_parameters(), lr, steps
                 )

@@ -24,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedgeo.data.loading import load_dataset  # noqa: E402
 from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
-from fedgeo.models.features import MEMORY_FEATURES  # noqa: E402
-
-FREQ = MEMORY_FEATURES.index("freq")
+from fedgeo.models.features import FREQ, MEMORY_FEATURES  # noqa: E402
 
 
 def scores(memory: torch.Tensor, bias: torch.Tensor, ret: torch.Tensor | None) -> torch.Tensor:

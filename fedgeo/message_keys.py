@@ -22,6 +22,8 @@ FEDDYN_ALPHA = "feddyn-alpha"
 """Config: FedDyn regularization weight alpha."""
 SCAFFOLD_CONTROL = "scaffold-control"
 """Train config: SCAFFOLD's client control update (run-config ``scaffold-control``)."""
+SCAFFOLD_CONTROLS = ("auto", "option-ii", "mean-gradient")
+"""Values of :data:`SCAFFOLD_CONTROL` (docs/method.md, SCAFFOLD)."""
 LOCAL_ONLY = "local-only"
 """Config: 1 tells the client to train and evaluate its own full model (no federation)."""
 SERVER_CONTROL = "server-control"

@@ -25,6 +25,7 @@ from typing import Any
 from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import PriorConfig
+from fedgeo.message_keys import SCAFFOLD_CONTROLS
 from fedgeo.models import ModelConfig
 from server.strategies.registry import PARAMETERS, build_strategy, coerce
 
@@ -133,9 +134,6 @@ SECTIONS: dict[str, type] = {
     "prior-": PriorConfig,
 }
 """Key prefix -> settings dataclass whose fields the prefixed keys set."""
-
-SCAFFOLD_CONTROLS = ("auto", "option-ii", "mean-gradient")
-"""Values of ``scaffold-control``: SCAFFOLD's client control update (docs/method.md)."""
 
 RESUMABLE_CHANGES = frozenset(
     {"num-rounds", "resume", "out-dir", "round-timeout", "node-wait", "research-mode", "eval-every"}

@@ -281,3 +281,15 @@ def test_scaffold_client_side_picks_the_control_update_from_the_optimizer() -> N
     # the place-bias gradient of a softmax is a difference of probabilities: |g| <= 1
     assert torch.isfinite(adam).all() and float(adam.abs().max()) <= 1.0
     assert float(adam.abs().sum()) > 0
+
+
+def test_instructions_refuse_an_unknown_scaffold_control() -> None:
+    from flwr.app import ConfigRecord, RecordDict
+
+    from client.algorithms import TrainInstructions
+
+    content = RecordDict({"config": ConfigRecord({"scaffold-control": "option-iii"})})
+    with pytest.raises(ValueError, match="scaffold-control"):
+        TrainInstructions.from_content(content)
+    content = RecordDict({"config": ConfigRecord({"scaffold-control": "mean-gradient"})})
+    assert TrainInstructions.from_content(content).scaffold_control == "mean-gradient"

@@ -9,7 +9,7 @@ TRAINING_MEMORIES = ("past", "leave-one-out")
 """Values of :attr:`ModelConfig.training_memory`."""
 SHARED_SCORE_INITS = ("random", "zero")
 """Values of :attr:`ModelConfig.shared_score_init`."""
-STORED_BEFORE_STOP_11 = {
+OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "shared_score_init": "random",
     "return_score": False,
     "prior_gate_bias": 0.0,
@@ -91,12 +91,12 @@ class ModelConfig:
 
         Unknown keys raise ``ValueError`` naming them. A dict without the options added in
         stop 11 was written before them, so those take their earlier values
-        (:data:`STORED_BEFORE_STOP_11`): a global model saved then still loads."""
+        (:data:`OPTIONS_MISSING_FROM_OLDER_CONFIGS`): a global model saved then still loads."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**{**STORED_BEFORE_STOP_11, **values})
+        return cls(**{**OPTIONS_MISSING_FROM_OLDER_CONFIGS, **values})
 
     def without_prior(self) -> ModelConfig:
         """The same configuration with every use of the geographic prior switched off."""

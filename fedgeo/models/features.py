@@ -35,6 +35,8 @@ HOURS_PER_WEEK = 168
 SLOT_HOURS = 4
 RECENCY_DECAY = 0.8
 MEMORY_FEATURES = ("freq", "trans", "slot", "recency")
+FREQ = MEMORY_FEATURES.index("freq")
+"""Index of the visit counts in a batch's ``memory``."""
 # 1970-01-01 was a Thursday: shift so that hour-of-week 0 is Monday 00:00.
 _EPOCH_HOUR_SHIFT = 72
 

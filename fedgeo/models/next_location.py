@@ -23,9 +23,7 @@ import torch
 from torch import nn
 
 from fedgeo.models.config import ModelConfig
-from fedgeo.models.features import HOURS_PER_WEEK, MEMORY_FEATURES
-
-FREQ = MEMORY_FEATURES.index("freq")
+from fedgeo.models.features import FREQ, HOURS_PER_WEEK, MEMORY_FEATURES
 
 PERSONAL_PREFIXES = ("user_embedding.",)
 
