@@ -178,6 +178,8 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     evaluation = evaluate_split(local, global_arrays, state, split, local_only)
     sums = evaluation.sums
     metrics: dict = {**sums.to_dict(), "num-examples": int(sums.count)}
+    for prefix, part in evaluation.breakdown_sums().items():
+        metrics.update(part.to_dict(prefix))
     if int(config.get(RETURN_RANKS, 0)):
         if not source.simulated:
             raise ValueError("per-sample ranks are a research-mode output of simulation only")

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedgeo.data.loading import load_dataset  # noqa: E402
-from fedgeo.geo.prior import AdjacencyPrior  # noqa: E402
-from fedgeo.metrics import MetricSums  # noqa: E402
+from fedgeo.geo.prior import AdjacencyPrior, PriorConfig  # noqa: E402
+from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums  # noqa: E402
 from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
 from fedgeo.training import TrainConfig, evaluate, train_local  # noqa: E402
 from server.strategies.aggregation import get_aggregator  # noqa: E402
@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-prior", action="store_true")
+    ap.add_argument("--prior-k", type=int, default=10, help="neighbours per place in the prior")
     ap.add_argument("--exclusion", action="store_true")
     ap.add_argument("--aggregation", default="mean")
     ap.add_argument("--median-iters", type=int, default=10)
@@ -53,6 +54,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a model option (fedgeo.models.ModelConfig field), e.g. prior_gate_bias=0",
+    )
     return ap.parse_args()
 
 
@@ -61,8 +69,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dataset, _ = load_dataset(a.data) if a.data else load_dataset()
-    cfg = ModelConfig().without_prior() if a.no_prior else ModelConfig()
-    prior = AdjacencyPrior.from_places(dataset.places) if cfg.uses_prior else None
+    cfg = ModelConfig(**model_options(a.set))
+    cfg = cfg.without_prior() if a.no_prior else cfg
+    prior_config = PriorConfig(k=a.prior_k)
+    prior = AdjacencyPrior.from_places(dataset.places, prior_config) if cfg.uses_prior else None
     model, features = build_model(dataset.num_places, 1, cfg, prior, seed=a.seed)
     model.to(device)
     global_state = {k: v.cpu().clone() for k, v in model.shared_state().items()}
@@ -88,15 +98,18 @@ def main() -> None:
         model.load_personal_state(personal.get(i, initial_personal))
 
     def federated_metrics(split: str) -> dict[str, float]:
-        total = MetricSums.from_ranks(np.zeros(0, dtype=np.int64))
+        parts: dict[str, list[MetricSums]] = {"": [], **{p: [] for p in BREAKDOWN_PREFIXES}}
         for i, user in enumerate(users):
             if len(user.split(split)):
                 use_client(i)
-                total = (
-                    total
-                    + evaluate(model, features, SampleIndex([user]), split, device=device).sums
-                )
-        return total.finalize()
+                ev = evaluate(model, features, SampleIndex([user]), split, device=device)
+                parts[""].append(ev.sums)
+                for prefix, sums in ev.breakdown_sums().items():
+                    parts[prefix].append(sums)
+        metrics: dict[str, float] = {}
+        for prefix, sums in parts.items():
+            metrics.update(MetricSums.total(sums).finalize(prefix))
+        return metrics
 
     def emit(record: dict) -> None:
         record["name"] = a.name
@@ -137,6 +150,21 @@ def main() -> None:
             "seconds": round(time.time() - started, 1),
         }
     )
+
+
+def model_options(pairs: list[str]) -> dict[str, object]:
+    """``OPTION=VALUE`` pairs as ModelConfig keyword arguments (values parsed as JSON when
+    they are JSON, else kept as strings)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"design_sweep: --set needs OPTION=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _proximal(model, anchor: dict[str, torch.Tensor], mu: float):

@@ -25,6 +25,17 @@ from experiments.config import ExperimentConfig
 from experiments.run import PlannedRun, plan
 
 METRICS = ("acc@1", "acc@5", "acc@10", "mrr", "ndcg@10")
+BREAKDOWN = (
+    "return-acc@1",
+    "return-acc@10",
+    "return-mrr",
+    "new-acc@1",
+    "new-acc@10",
+    "new-mrr",
+    "new-samples",
+)
+"""Return and new-place metrics in the rows (docs/metrics.md); NaN for runs made before
+the metrics existed."""
 
 
 def run_row(run: PlannedRun) -> dict[str, Any]:
@@ -39,6 +50,7 @@ def run_row(run: PlannedRun) -> dict[str, Any]:
         "seed": run.seed,
         **{m: float(test[m]) for m in METRICS},
         "samples": int(test.get("samples", 0)),
+        **{m: float(test.get(m, float("nan"))) for m in BREAKDOWN},
     }
     timings = result.get("timings_s") or {}
     rounds = timings.get("rounds") or []
@@ -69,8 +81,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "variant": variant,
             "seeds": len(members),
         }
-        for key in (*METRICS, "round_s"):
-            values = np.asarray([m[key] for m in members], dtype=float)
+        for key in (*METRICS, *BREAKDOWN, "round_s"):
+            values = np.asarray([m.get(key, np.nan) for m in members], dtype=float)
             entry[key] = float(np.mean(values))
             entry[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
@@ -103,6 +115,39 @@ def markdown_table(summary: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def breakdown_table(summary: list[dict[str, Any]]) -> str:
+    """Mean ± std of the return and new-place metrics ("" when no run has them)."""
+    entries = [e for e in summary if not np.isnan(e["new-samples"])]
+    if not entries:
+        return ""
+    has_variant = any(e["variant"] for e in summary)
+    head = [
+        "method",
+        *(["setting"] if has_variant else []),
+        "return acc@1",
+        "return acc@10",
+        "return mrr",
+        "new-place acc@1",
+        "new-place acc@10",
+        "new-place mrr",
+        "new-place samples",
+    ]
+    lines = [
+        "**Return and new-place targets** (a new place is ranked among the places its user "
+        "had not visited; docs/metrics.md)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for entry in entries:
+        cells = [entry["label"], *([entry["variant"]] if has_variant else [])]
+        for key in BREAKDOWN[:-1]:
+            cells.append(f"{entry[key]:.4f} ± {entry[f'{key}_std']:.4f}")
+        cells.append(f"{entry['new-samples']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("", encoding="utf-8")
@@ -124,6 +169,9 @@ def write_report(config: ExperimentConfig, out_root: Path, figures: Path | None 
     _write_csv(folder / "runs.csv", rows)
     _write_csv(folder / "summary.csv", summary)
     table = markdown_table(summary, config.title)
+    breakdown = breakdown_table(summary)
+    if breakdown:
+        table += "\n" + breakdown
     (folder / "table.md").write_text(table, encoding="utf-8")
     made = plots.make_plots(config, out_root, folder, rows)
     if figures is not None:

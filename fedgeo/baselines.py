@@ -55,7 +55,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedgeo.data.dataset import Dataset, UserData
-from fedgeo.metrics import MetricSums, compute_metrics, ranks_from_scores
+from fedgeo.metrics import (
+    MetricSums,
+    breakdown_metrics,
+    breakdown_sums,
+    compute_metrics,
+    rank_new_places,
+    ranks_from_scores,
+    visited_before,
+)
 
 HISTORIES = ("all", "train")
 MARKOV_VARIANTS = ("interpolated", "global", "personal")
@@ -453,6 +461,8 @@ def evaluate_predictor(
     user_ids: list[Any] = []
     targets: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
+    new_place: list[np.ndarray] = []
+    new_place_ranks: list[np.ndarray] = []
     for user in dataset.users:
         positions = np.sort(np.asarray(user.split(split), dtype=np.int64))
         if len(positions) == 0:
@@ -460,11 +470,20 @@ def evaluate_predictor(
         target = user.places[positions]
         scores = predictor.score_user(user, positions)
         ranks.append(ranks_from_scores(scores, target))
+        visited = visited_before(user.places, positions, dataset.num_places)
+        new, among_new = rank_new_places(scores, target, visited)
+        new_place.append(new)
+        new_place_ranks.append(among_new)
         targets.append(target)
         user_ids.extend([user.user_id] * len(positions))
-    all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
-    dense = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
+
+    def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    all_ranks, dense = joined(ranks, np.int64), joined(targets, np.int64)
     metrics = MetricSums.from_ranks(all_ranks).finalize()
+    parts = breakdown_sums(all_ranks, joined(new_place_ranks, np.int64), joined(new_place, bool))
+    metrics.update(breakdown_metrics(parts))
     return metrics, user_ids, np.asarray(dataset.places.ids)[dense], all_ranks
 
 

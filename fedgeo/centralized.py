@@ -50,8 +50,8 @@ def run_centralized(
     timings["evaluate_s"] = time.perf_counter() - t1
     summary: dict[str, Any] = {
         "method": "centralized",
-        "test": test.metrics(),
-        "validation": val.metrics(),
+        "test": test.metrics(breakdown=True),
+        "validation": val.metrics(breakdown=True),
     }
     extra = {
         "method": "centralized",

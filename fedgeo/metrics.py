@@ -13,11 +13,21 @@ From the ranks ``r_i`` of ``n`` samples:
 
 :class:`MetricSums` keeps the sums rather than the means, so the metrics of several
 clients combine exactly (micro-average) by adding their sums.
+
+**Return and new-place targets** (:func:`breakdown_sums`). A sample's target is a
+*return* when the user checked in there before the sample, else a *new place*. The same
+metrics are also reported per group, under a key prefix:
+
+* ``return-*``: the return samples, with their ranks among all places (as above);
+* ``new-*``: the new-place samples, each ranked among the places its user had **not**
+  visited before it (``exclude`` of :func:`ranks_from_scores`): how well a model orders
+  the places a user may explore, apart from how it weighs exploring against returning.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,6 +35,13 @@ import numpy as np
 
 METRIC_KEYS = ("acc@1", "acc@5", "acc@10", "mrr", "ndcg@10", "samples")
 """Keys of :meth:`MetricSums.finalize` / :func:`compute_metrics`, in this order."""
+RETURN_PREFIX = "return-"
+"""Key prefix of the metrics of the samples whose target the user visited before."""
+NEW_PLACE_PREFIX = "new-"
+"""Key prefix of the metrics of the new-place samples (ranked among unvisited places)."""
+BREAKDOWN_PREFIXES = (RETURN_PREFIX, NEW_PLACE_PREFIX)
+BREAKDOWN_KEYS = tuple(prefix + key for prefix in BREAKDOWN_PREFIXES for key in METRIC_KEYS)
+"""Keys of the return and new-place metrics (:func:`breakdown_metrics`), in this order."""
 
 
 def _is_torch_tensor(x: Any) -> bool:
@@ -32,7 +49,7 @@ def _is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def ranks_from_scores(scores: Any, targets: Any) -> np.ndarray:
+def ranks_from_scores(scores: Any, targets: Any, exclude: Any = None) -> np.ndarray:
     """Pessimistic 1-based rank of each target among all places.
 
     Parameters
@@ -41,13 +58,16 @@ def ranks_from_scores(scores: Any, targets: Any) -> np.ndarray:
         Higher is better; any real dtype.
     targets : numpy array, torch tensor or sequence, shape ``(B,)``
         Dense place index of each sample's target, in ``[0, L)``.
+    exclude : boolean array, shape ``(B, L)``, optional
+        Places left out of each sample's ranking (never its target): the rank is then
+        among the places not excluded, and a NaN target score ranks last among them.
 
     Returns
     -------
     numpy int64 array of shape ``(B,)`` with values in ``[1, L]``.
     """
     if _is_torch_tensor(scores):
-        return _ranks_torch(scores, targets)
+        return _ranks_torch(scores, targets, exclude)
     s = np.asarray(scores)
     t = np.asarray(targets.cpu() if _is_torch_tensor(targets) else targets).astype(
         np.int64, copy=False
@@ -56,6 +76,10 @@ def ranks_from_scores(scores: Any, targets: Any) -> np.ndarray:
     if s.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     rows = np.arange(s.shape[0])
+    keep = None
+    if exclude is not None:
+        keep = ~np.asarray(exclude.cpu() if _is_torch_tensor(exclude) else exclude, dtype=bool)
+        _check_exclude(keep, s.shape, rows, t)
     target_scores = s[rows, t]
     if np.issubdtype(s.dtype, np.floating):
         target_nan = np.isnan(target_scores)
@@ -65,12 +89,17 @@ def ranks_from_scores(scores: Any, targets: Any) -> np.ndarray:
         target_nan = np.zeros(s.shape[0], dtype=bool)
         clean = s
     # The target itself is always >= itself, so the count already includes the "+ 1".
-    ranks = (clean >= target_scores[:, None]).sum(axis=1).astype(np.int64)
-    ranks[target_nan] = s.shape[1]
+    above = clean >= target_scores[:, None]
+    if keep is None:
+        ranks = above.sum(axis=1).astype(np.int64)
+        ranks[target_nan] = s.shape[1]
+        return ranks
+    ranks = (above & keep).sum(axis=1).astype(np.int64)
+    ranks[target_nan] = keep.sum(axis=1)[target_nan]
     return ranks
 
 
-def _ranks_torch(scores: Any, targets: Any) -> np.ndarray:
+def _ranks_torch(scores: Any, targets: Any, exclude: Any = None) -> np.ndarray:
     import torch
 
     s = scores.detach()
@@ -78,6 +107,11 @@ def _ranks_torch(scores: Any, targets: Any) -> np.ndarray:
     _check_shapes(tuple(s.shape), tuple(t.shape), t.cpu().numpy())
     if s.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
+    keep = None
+    if exclude is not None:
+        keep = ~torch.as_tensor(exclude, device=s.device).bool()
+        rows = torch.arange(s.shape[0], device=s.device)
+        _check_exclude(keep, tuple(s.shape), rows, t)
     target_scores = s.gather(1, t[:, None]).squeeze(1)
     if s.is_floating_point():
         target_nan = torch.isnan(target_scores)
@@ -88,9 +122,25 @@ def _ranks_torch(scores: Any, targets: Any) -> np.ndarray:
     else:
         target_nan = torch.zeros_like(target_scores, dtype=torch.bool)
         clean = s
-    ranks = (clean >= target_scores[:, None]).sum(dim=1)
-    ranks = torch.where(target_nan, torch.full_like(ranks, s.shape[1]), ranks)
+    above = clean >= target_scores[:, None]
+    if keep is None:
+        ranks = above.sum(dim=1)
+        ranks = torch.where(target_nan, torch.full_like(ranks, s.shape[1]), ranks)
+    else:
+        ranks = torch.where(target_nan, keep.sum(dim=1), (above & keep).sum(dim=1))
     return ranks.cpu().numpy().astype(np.int64)
+
+
+def _check_exclude(keep: Any, score_shape: tuple, rows: Any, targets: Any) -> None:
+    if tuple(keep.shape) != tuple(score_shape):
+        raise ValueError(
+            f"exclude must have the scores' shape {tuple(score_shape)}, got {tuple(keep.shape)}"
+        )
+    target_kept = keep[rows, targets]
+    if _is_torch_tensor(target_kept):
+        target_kept = target_kept.cpu().numpy()
+    if not np.all(target_kept):
+        raise ValueError("exclude must not exclude a sample's own target")
 
 
 def _check_shapes(score_shape: tuple, target_shape: tuple, targets: np.ndarray) -> None:
@@ -158,6 +208,19 @@ class MetricSums:
             ndcg10_sum=self.ndcg10_sum + other.ndcg10_sum,
         )
 
+    @classmethod
+    def total(cls, parts: Sequence[MetricSums]) -> MetricSums:
+        """The sums of several sets of samples; float sums use ``math.fsum``, so the
+        result does not depend on the order of ``parts``."""
+        return cls(
+            count=sum(p.count for p in parts),
+            hits1=sum(p.hits1 for p in parts),
+            hits5=sum(p.hits5 for p in parts),
+            hits10=sum(p.hits10 for p in parts),
+            rr_sum=math.fsum(p.rr_sum for p in parts),
+            ndcg10_sum=math.fsum(p.ndcg10_sum for p in parts),
+        )
+
     def __radd__(self, other: Any) -> MetricSums:
         # Lets sum([...]) start from 0.
         if other == 0:
@@ -180,12 +243,12 @@ class MetricSums:
             values[f.name] = float(data[key]) if f.type == "float" else int(data[key])
         return cls(**values)
 
-    def finalize(self) -> dict[str, float | int]:
+    def finalize(self, prefix: str = "") -> dict[str, float | int]:
         """Means: ``acc@1``, ``acc@5``, ``acc@10``, ``mrr``, ``ndcg@10`` and ``samples``
-        (all zeros when there are no samples)."""
+        (all zeros when there are no samples), each key prefixed by ``prefix``."""
         n = self.count
         if n == 0:
-            return {
+            values: dict[str, float | int] = {
                 "acc@1": 0.0,
                 "acc@5": 0.0,
                 "acc@10": 0.0,
@@ -193,16 +256,69 @@ class MetricSums:
                 "ndcg@10": 0.0,
                 "samples": 0,
             }
-        return {
-            "acc@1": self.hits1 / n,
-            "acc@5": self.hits5 / n,
-            "acc@10": self.hits10 / n,
-            "mrr": self.rr_sum / n,
-            "ndcg@10": self.ndcg10_sum / n,
-            "samples": int(n),
-        }
+        else:
+            values = {
+                "acc@1": self.hits1 / n,
+                "acc@5": self.hits5 / n,
+                "acc@10": self.hits10 / n,
+                "mrr": self.rr_sum / n,
+                "ndcg@10": self.ndcg10_sum / n,
+                "samples": int(n),
+            }
+        return {prefix + key: value for key, value in values.items()}
 
 
 def compute_metrics(ranks: Any) -> dict[str, float | int]:
     """Metrics of a set of 1-based ranks (see the module docstring)."""
     return MetricSums.from_ranks(ranks).finalize()
+
+
+def visited_before(places: Any, positions: Any, num_places: int) -> np.ndarray:
+    """``(len(positions), num_places)`` booleans: whether the user had checked in at each
+    place before each sample position (``places`` is the user's time-ordered check-ins)."""
+    seq = np.asarray(places, dtype=np.int64)
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+    visited = np.zeros((len(pos), num_places), dtype=bool)
+    for row, p in enumerate(pos):
+        visited[row, seq[:p]] = True
+    return visited
+
+
+def rank_new_places(
+    scores: Any, targets: Any, visited: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(new_place, ranks)``: whether each target is a place not in ``visited`` (its
+    user's places before the sample, :func:`visited_before`), and its rank among the places
+    not visited (for a return target, its rank among all places)."""
+    t = np.asarray(targets.cpu() if _is_torch_tensor(targets) else targets, dtype=np.int64)
+    exclude = np.array(visited, dtype=bool)
+    new_place = ~exclude[np.arange(len(t)), t]
+    exclude[~new_place] = False  # a return target keeps its overall rank
+    return new_place, ranks_from_scores(scores, targets, exclude=exclude)
+
+
+def breakdown_sums(ranks: Any, new_place_ranks: Any, new_place: Any) -> dict[str, MetricSums]:
+    """Sums of the return samples (their ranks among all places) under
+    :data:`RETURN_PREFIX` and of the new-place samples (their ranks among the places the
+    user had not visited) under :data:`NEW_PLACE_PREFIX`; ``new_place`` marks the
+    new-place samples, ``new_place_ranks`` is read only where it is true."""
+    new = np.asarray(new_place, dtype=bool).reshape(-1)
+    all_ranks = np.asarray(ranks).reshape(-1)
+    among_new = np.asarray(new_place_ranks).reshape(-1)
+    if not (len(new) == len(all_ranks) == len(among_new)):
+        raise ValueError(
+            f"ranks, new_place_ranks and new_place differ in length: "
+            f"{len(all_ranks)}, {len(among_new)}, {len(new)}"
+        )
+    return {
+        RETURN_PREFIX: MetricSums.from_ranks(all_ranks[~new]),
+        NEW_PLACE_PREFIX: MetricSums.from_ranks(among_new[new]),
+    }
+
+
+def breakdown_metrics(sums: Mapping[str, MetricSums]) -> dict[str, float | int]:
+    """Prefixed means of :func:`breakdown_sums` (``return-acc@1``, ``new-mrr``, ...)."""
+    out: dict[str, float | int] = {}
+    for prefix, part in sums.items():
+        out.update(part.finalize(prefix))
+    return out

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from fedgeo.data.dataset import UserData
-from fedgeo.metrics import MetricSums, ranks_from_scores
+from fedgeo.metrics import (
+    MetricSums,
+    breakdown_metrics,
+    breakdown_sums,
+    rank_new_places,
+    ranks_from_scores,
+    visited_before,
+)
 from fedgeo.models.features import FeatureBuilder, SampleIndex
 from fedgeo.models.next_location import NextLocationModel
 
@@ -53,13 +60,27 @@ class Evaluation:
     positions: np.ndarray
     targets: np.ndarray
     """Dense place index of each target."""
+    new_place: np.ndarray
+    """Whether each target is a place its user had not visited before (bool)."""
+    new_place_ranks: np.ndarray
+    """Rank of each target among the places its user had not visited (new places only;
+    the overall rank elsewhere)."""
 
     @property
     def sums(self) -> MetricSums:
         return MetricSums.from_ranks(self.ranks)
 
-    def metrics(self) -> dict[str, float]:
-        return self.sums.finalize()
+    def breakdown_sums(self) -> dict[str, MetricSums]:
+        """Sums of the return and the new-place samples (:func:`fedgeo.metrics.breakdown_sums`)."""
+        return breakdown_sums(self.ranks, self.new_place_ranks, self.new_place)
+
+    def metrics(self, breakdown: bool = False) -> dict[str, float]:
+        """The metrics of every sample; with ``breakdown``, also the ``return-*`` and
+        ``new-*`` metrics (docs/metrics.md)."""
+        values = self.sums.finalize()
+        if breakdown:
+            values.update(breakdown_metrics(self.breakdown_sums()))
+        return values
 
 
 @dataclass
@@ -132,18 +153,36 @@ def evaluate(
     batch_size: int = 512,
     device: str = "cpu",
 ) -> Evaluation:
-    """Ranks of every sample of ``split`` among all places."""
+    """Ranks of every sample of ``split`` among all places, and of each new-place target
+    among the places its user had not visited."""
     model.eval()
     users, positions = index.samples(split)
     ranks = np.zeros(len(users), dtype=np.int64)
     targets = np.zeros(len(users), dtype=np.int64)
+    new_place = np.zeros(len(users), dtype=bool)
+    new_place_ranks = np.zeros(len(users), dtype=np.int64)
     for start in range(0, len(users), batch_size):
         sl = slice(start, start + batch_size)
         batch = features.build(index, users[sl], positions[sl])
-        targets[sl] = batch["target"].numpy()
+        target = batch["target"].numpy()
+        targets[sl] = target
+        visited = _visited(index, users[sl], positions[sl], features.num_places)
         batch = _to_device(batch, device)
-        ranks[sl] = ranks_from_scores(model(batch), batch["target"])
-    return Evaluation(ranks, users, positions, targets)
+        scores = model(batch)
+        ranks[sl] = ranks_from_scores(scores, batch["target"])
+        new_place[sl], new_place_ranks[sl] = rank_new_places(scores, target, visited)
+    return Evaluation(ranks, users, positions, targets, new_place, new_place_ranks)
+
+
+def _visited(
+    index: SampleIndex, users: np.ndarray, positions: np.ndarray, num_places: int
+) -> np.ndarray:
+    """Per sample, the places its user checked in at before it."""
+    visited = np.zeros((len(users), num_places), dtype=bool)
+    for user in np.unique(users):
+        rows = np.flatnonzero(users == user)
+        visited[rows] = visited_before(index.users[user].places, positions[rows], num_places)
+    return visited
 
 
 def fit(

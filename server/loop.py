@@ -35,7 +35,6 @@ round and on resume).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,7 +48,7 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.strategy import Strategy
 
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE
-from fedgeo.metrics import MetricSums
+from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums
 from server.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -191,17 +190,15 @@ def conform(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> ArrayRe
 def micro_average(records: list[RecordDict], weighted_by_key: str = "") -> MetricRecord:
     """Exact micro-averaged ranking metrics from the clients' additive sums (usable as a
     strategy's ``evaluate_metrics_aggr_fn``); float sums use ``math.fsum``, so the
-    result does not depend on the order of the replies."""
-    parts = [MetricSums.from_dict(dict(next(iter(r.metric_records.values())))) for r in records]
-    total = MetricSums(
-        count=sum(p.count for p in parts),
-        hits1=sum(p.hits1 for p in parts),
-        hits5=sum(p.hits5 for p in parts),
-        hits10=sum(p.hits10 for p in parts),
-        rr_sum=math.fsum(p.rr_sum for p in parts),
-        ndcg10_sum=math.fsum(p.ndcg10_sum for p in parts),
-    )
-    return MetricRecord(total.finalize())
+    result does not depend on the order of the replies. The ``return-*`` and ``new-*``
+    metrics are added when every reply carries their sums."""
+    replies = [dict(next(iter(r.metric_records.values()))) for r in records]
+    metrics = MetricSums.total([MetricSums.from_dict(m) for m in replies]).finalize()
+    for prefix in BREAKDOWN_PREFIXES:
+        if replies and all(prefix + "count" in m for m in replies):
+            parts = [MetricSums.from_dict(m, prefix) for m in replies]
+            metrics.update(MetricSums.total(parts).finalize(prefix))
+    return MetricRecord(metrics)
 
 
 def _split(replies: list[Message]) -> tuple[list[Message], list[str], list[str]]:

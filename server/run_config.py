@@ -112,7 +112,8 @@ DEFAULTS: dict[str, Scalar] = {
     "model-memory-limit": 0,
     "model-training-memory": "past",
     "model-shared-score-init": "zero",
-    "model-prior-gate-bias": -4.0,
+    "model-prior-gate-bias": 0.0,
+    "model-prior-score-places": "new",
     "model-return-score": True,
     "model-return-bias": 4.0,
     # privacy of the data profile

@@ -352,7 +352,11 @@ def test_baseline_command_writes_consistent_result_files(tmp_path, capsys):
     assert list(preds.columns) == ["user_id", "target", "rank"]
     assert len(preds) == result["test"]["samples"] == result["dataset"]["samples"]["test"] > 0
     assert set(preds["target"]) <= set(table["location_id"])
-    assert compute_metrics(preds["rank"].to_numpy()) == pytest.approx(result["test"])
+    overall = {k: v for k, v in result["test"].items() if "-" not in k}
+    assert compute_metrics(preds["rank"].to_numpy()) == pytest.approx(overall)
+    test = result["test"]
+    assert test["return-samples"] + test["new-samples"] == test["samples"]
+    assert test["return-samples"] > 0 and test["new-samples"] > 0
     assert f"acc@1={result['test']['acc@1']:.4f}" in line
 
 

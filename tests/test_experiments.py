@@ -93,10 +93,14 @@ def test_bad_config_exits_2(tmp_path: Path, capsys) -> None:
     assert "missing field 'seeds'" in capsys.readouterr().err
 
 
-def _fake_federated(out: Path, acc: float, rounds: list[float]) -> None:
+def _fake_federated(out: Path, acc: float, rounds: list[float], breakdown: bool = False) -> None:
     out.mkdir(parents=True)
     test = {"acc@1": acc, "acc@5": acc + 0.2, "acc@10": acc + 0.3, "mrr": acc + 0.1}
     test |= {"ndcg@10": acc + 0.15, "samples": 10}
+    if breakdown:
+        test |= {f"return-{k}": acc + 0.05 for k in ("acc@1", "acc@10", "mrr")}
+        test |= {f"new-{k}": acc / 10 for k in ("acc@1", "acc@10", "mrr")}
+        test |= {"return-samples": 8, "new-samples": 2}
     history = [{"round": i + 1, "failures": 1, "rejected": 0} for i in range(len(rounds))]
     evaluation = [{"round": i + 1, "acc@1": acc * (i + 1) / len(rounds)} for i in range(2)]
     result = {
@@ -129,6 +133,26 @@ def test_report_means_stds_table_and_plots(small_config: Path, tmp_path: Path) -
     assert (out / "small" / "table.md").read_text() == table
     made = {p.name for p in figures.iterdir()}
     assert {"curves.png", "client_accuracy.png", "sweep.png"} <= made
+
+
+def test_report_adds_the_return_and_new_place_table_when_runs_have_it(
+    small_config: Path, tmp_path: Path
+) -> None:
+    config = load_config(small_config)
+    out = tmp_path / "out"
+    accs = {0: 0.2, 1: 0.4}
+    for run in plan(config, out, methods=["fedavg"]):
+        # Only the runs of one sweep value carry the breakdown (as older runs lack it).
+        _fake_federated(run.out_dir, accs[run.seed], [1.0], breakdown=run.variant.endswith("0.5"))
+    table = write_report(config, out)
+    head, _, breakdown = table.partition("**Return and new-place targets**")
+    assert "0.3000 ± 0.1414" in head
+    rows = [line for line in breakdown.splitlines() if line.startswith("| FedAvg")]
+    assert len(rows) == 1 and "synthetic-extreme-fraction=0.5" in rows[0]
+    assert "0.3500 ± 0.1414" in rows[0] and "0.0300 ± 0.0141" in rows[0]
+    summary = list(csv.DictReader((out / "small" / "summary.csv").open()))
+    assert [s["new-mrr"] for s in summary][0] == "nan"
+    assert float(summary[1]["new-mrr"]) == pytest.approx(0.03)
 
 
 def test_markdown_table_bolds_the_best_mean() -> None:

@@ -23,7 +23,7 @@ from tiny import NODES, TINY_RUN, marked_processes
 
 from client.data_source import client_source, read_places_csv
 from client.local_training import PROFILE_KEYS, privatize
-from fedgeo.metrics import METRIC_KEYS
+from fedgeo.metrics import BREAKDOWN_KEYS, METRIC_KEYS
 from fedgeo.models import SampleIndex, build_model
 from fedgeo.training import evaluate
 from server.app import prepare, simulation_dataset
@@ -123,9 +123,9 @@ def test_every_strategy_runs_its_rounds(runs, name):
         assert math.isfinite(record["train"]["train-loss"])
         assert record["seconds"] > 0
     assert [e["round"] for e in results["evaluation"]] == [1, 2]
-    assert set(results["validation"]) == set(METRIC_KEYS)
+    assert set(results["validation"]) == {*METRIC_KEYS, *BREAKDOWN_KEYS}
     assert results["validation"]["samples"] == dataset.num_samples("validation")
-    assert list(results["test"]) == list(METRIC_KEYS)
+    assert list(results["test"]) == [*METRIC_KEYS, *BREAKDOWN_KEYS]
     assert results["test"]["samples"] == dataset.num_samples("test")
     assert results["test_failures"] == 0
     assert 0.0 <= results["test"]["acc@1"] <= results["test"]["acc@10"] <= 1.0
@@ -186,10 +186,12 @@ def test_federated_test_metrics_are_the_exact_micro_average(runs):
     )
     arrays = final_arrays(values)
     model.load_shared_state({k: torch.from_numpy(v) for k, v in arrays.items()})
-    central = evaluate(model, features, SampleIndex(dataset.users), "test").metrics()
+    central = evaluate(model, features, SampleIndex(dataset.users), "test").metrics(True)
     federated = runs["fedavg-exact"]["results"]["test"]
     assert federated["samples"] == central["samples"]
-    for key in METRIC_KEYS:
+    assert federated["return-samples"] + federated["new-samples"] == federated["samples"]
+    assert federated["new-samples"] > 0
+    for key in central:  # the overall, return-* and new-* metrics
         assert federated[key] == pytest.approx(central[key], abs=1e-12)
 
 

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedgeo.metrics import METRIC_KEYS, MetricSums, compute_metrics, ranks_from_scores
+from fedgeo.metrics import (
+    BREAKDOWN_KEYS,
+    METRIC_KEYS,
+    MetricSums,
+    breakdown_metrics,
+    breakdown_sums,
+    compute_metrics,
+    ranks_from_scores,
+    visited_before,
+)
 from fedgeo.results import write_metrics_json, write_predictions_csv
 
 
@@ -169,3 +178,91 @@ def test_predictions_csv(tmp_path):
     assert path.read_text().splitlines() == ["user_id,target,rank", "u1,101,3", "7,5,1"]
     with pytest.raises(ValueError, match="length"):
         write_predictions_csv(tmp_path, [1], [2, 3], [1, 1])
+
+
+def test_excluded_places_are_not_counted_in_the_rank():
+    scores = np.array([[0.9, 0.8, 0.5, 0.5, 0.1], [0.1, 0.2, 0.3, 0.4, 0.5]])
+    exclude = np.array([[True, False, False, True, False], [False, False, False, False, True]])
+    # Row 0, target 2: above or tied are 0 (excluded), 1 and 3 (excluded) -> rank 2.
+    # Row 1, target 0: every other place scores higher; place 4 is excluded -> rank 4.
+    for s, t, e in (
+        (scores, [2, 0], exclude),
+        (torch.as_tensor(scores), torch.tensor([2, 0]), torch.as_tensor(exclude)),
+    ):
+        np.testing.assert_array_equal(ranks_from_scores(s, t, exclude=e), [2, 4])
+
+
+def test_exclusion_agrees_with_ranking_the_kept_places_alone():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, size=(40, 25)).astype(np.float64)
+    targets = rng.integers(0, 25, size=40)
+    exclude = rng.random((40, 25)) < 0.4
+    exclude[np.arange(40), targets] = False
+    expected = [
+        1
+        + sum(
+            scores[i, j] >= scores[i, targets[i]]
+            for j in range(25)
+            if j != targets[i] and not exclude[i, j]
+        )
+        for i in range(40)
+    ]
+    r_np = ranks_from_scores(scores, targets, exclude=exclude)
+    r_t = ranks_from_scores(
+        torch.as_tensor(scores), torch.as_tensor(targets), torch.as_tensor(exclude)
+    )
+    np.testing.assert_array_equal(r_np, expected)
+    np.testing.assert_array_equal(r_t, expected)
+
+
+def test_nan_target_ranks_last_among_the_kept_places():
+    scores = [[0.3, float("nan"), 0.2, 0.1]]
+    exclude = [[True, False, False, False]]
+    for s in (np.array(scores), torch.tensor(scores)):
+        np.testing.assert_array_equal(ranks_from_scores(s, [1], exclude=np.array(exclude)), [3])
+
+
+def test_bad_exclusions_raise():
+    with pytest.raises(ValueError, match="own target"):
+        ranks_from_scores(np.zeros((1, 3)), [1], exclude=np.array([[False, True, False]]))
+    with pytest.raises(ValueError, match="own target"):
+        ranks_from_scores(torch.zeros((1, 3)), [1], exclude=torch.tensor([[False, True, False]]))
+    with pytest.raises(ValueError, match="shape"):
+        ranks_from_scores(np.zeros((2, 3)), [0, 1], exclude=np.zeros((2, 4), dtype=bool))
+
+
+def test_visited_before_marks_only_earlier_check_ins():
+    visited = visited_before([3, 1, 3, 0], [0, 2, 3], num_places=5)
+    np.testing.assert_array_equal(
+        visited,
+        [
+            [False, False, False, False, False],
+            [False, True, False, True, False],
+            [False, True, False, True, False],
+        ],
+    )
+
+
+def test_breakdown_splits_return_and_new_place_samples():
+    ranks = np.array([1, 7, 3, 40, 2])
+    among_new = np.array([1, 2, 3, 9, 2])  # read only where new
+    new = np.array([False, True, False, True, False])
+    parts = breakdown_sums(ranks, among_new, new)
+    assert parts["return-"] == MetricSums.from_ranks([1, 3, 2])
+    assert parts["new-"] == MetricSums.from_ranks([2, 9])
+    metrics = breakdown_metrics(parts)
+    assert list(metrics) == list(BREAKDOWN_KEYS)
+    assert metrics["return-samples"] == 3 and metrics["new-samples"] == 2
+    assert metrics["return-acc@1"] == pytest.approx(1 / 3)
+    assert metrics["new-mrr"] == pytest.approx((1 / 2 + 1 / 9) / 2)
+    with pytest.raises(ValueError, match="differ in length"):
+        breakdown_sums(ranks, among_new[:3], new)
+
+
+def test_total_is_exact_and_order_free():
+    rng = np.random.default_rng(2)
+    parts = [MetricSums.from_ranks(rng.integers(1, 50, size=n)) for n in (3, 0, 17, 9)]
+    total = MetricSums.total(parts)
+    assert total == MetricSums.total(parts[::-1])
+    assert total.count == 29 and total.finalize() == pytest.approx(sum(parts).finalize())
+    assert MetricSums().finalize("new-") == {f"new-{k}": 0 for k in METRIC_KEYS}

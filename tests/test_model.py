@@ -110,15 +110,17 @@ def test_zero_shared_score_init_starts_the_model_as_its_memory_and_prior():
     prior = AdjacencyPrior.from_places(places, PriorConfig(k=3))
     user = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
     index = SampleIndex([user])
-    cfg = ModelConfig(**SMALL, return_score=False)  # defaults: zero start, prior gate -4
+    cfg = ModelConfig(**SMALL, return_score=False)  # defaults: zero start, prior gate 0
     model, features = build_model(12, 1, cfg, prior, seed=3)
     model.eval()
     batch = features.build(index, np.zeros(3, dtype=np.int64), np.array([4, 6, 8]))
+    new = (batch["memory"][:, MEMORY_FEATURES.index("freq")] == 0).float()
     with torch.no_grad():
         scores = model(batch)
         gates = torch.nn.functional.softplus(torch.ones(len(MEMORY_FEATURES)))
         expected = torch.einsum("f,bfl->bl", gates, batch["memory"])
-        expected += torch.nn.functional.softplus(torch.tensor(-4.0)) * batch["prior_row"]
+        prior_weight = torch.nn.functional.softplus(torch.tensor(0.0))
+        expected += prior_weight * batch["prior_row"] * new  # new places only (the default)
     torch.testing.assert_close(scores, expected)
     # The model before stop 11: random shared score, prior gate at softplus(0).
     before = ModelConfig(**SMALL, return_score=False, shared_score_init="random", prior_gate_bias=0)
@@ -162,7 +164,34 @@ def test_return_score_lifts_visited_places_by_its_gate():
     loss = torch.nn.functional.cross_entropy(model(batch), batch["target"])
     loss.backward()
     optimizer.step()
-    assert float(model.return_gate.bias) != 2.5
+    assert float(model.return_gate.bias.detach()) != 2.5
+
+
+def test_prior_score_lifts_only_new_places_by_default():
+    """With ``prior_score_places = "new"`` the prior score never reorders the places the
+    user visited (the personal memory ranks those); with ``"all"`` it lifts every
+    neighbour of the last place. Without personal memory no place is known as visited."""
+    places = make_places()
+    prior = AdjacencyPrior.from_places(places, PriorConfig(k=4))
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4, 5, 6])
+    index = SampleIndex([user])
+    base = dict(**SMALL, prior_init=False, prior_propagation=False, prior_gate_bias=1.0)
+    no_prior, _ = build_model(12, 1, ModelConfig(**base, prior_score=False), seed=2)
+    new_only, features = build_model(12, 1, ModelConfig(**base), prior, seed=2)
+    every, _ = build_model(12, 1, ModelConfig(**base, prior_score_places="all"), prior, seed=2)
+    batch = features.build(index, np.zeros(2, dtype=np.int64), np.array([4, 8]))
+    visited = batch["memory"][:, MEMORY_FEATURES.index("freq")] > 0
+    lift = torch.nn.functional.softplus(torch.tensor(1.0)) * batch["prior_row"]
+    assert bool((lift[visited] > 0).any()) and bool((lift[~visited] > 0).any())
+    for model in (no_prior, new_only, every):
+        model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(new_only(batch), no_prior(batch) + lift * ~visited)
+        torch.testing.assert_close(every(batch), no_prior(batch) + lift)
+    memoryless = ModelConfig(**base, personal_memory=False)
+    assert memoryless.prior_score_places == "new"
+    with pytest.raises(ValueError, match="model-prior-score-places"):
+        ModelConfig(prior_score_places="visited")
 
 
 def test_a_config_stored_before_the_return_score_builds_that_model():
@@ -181,6 +210,12 @@ def test_a_config_stored_before_the_return_score_builds_that_model():
     model.load_shared_state(saved.shared_state())
     # A complete dict is taken as it is.
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+    # A stop-11 config (return score, zero start) lacks only prior_score_places: then the
+    # prior score lifted every place.
+    stop11 = ModelConfig(**SMALL, prior_gate_bias=-4.0, prior_score_places="all").to_dict()
+    del stop11["prior_score_places"]
+    assert ModelConfig.from_dict(stop11).prior_score_places == "all"
+    assert ModelConfig.from_dict(stop11).return_score is True
 
 
 def test_shared_score_init_option_is_checked():
@@ -196,9 +231,11 @@ def test_centralized_command_passes_the_model_start_options():
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     assert model_config_from_args(parser.parse_args([])) == ModelConfig()
-    argv = ["--shared-score-init", "random", "--prior-gate-bias", "0", "--no-return-score"]
+    argv = ["--shared-score-init", "random", "--prior-gate-bias", "-4", "--no-return-score"]
+    argv += ["--prior-score-places", "all"]
     cfg = model_config_from_args(parser.parse_args(argv))
-    assert (cfg.shared_score_init, cfg.prior_gate_bias, cfg.return_score) == ("random", 0.0, False)
+    assert (cfg.shared_score_init, cfg.prior_gate_bias, cfg.return_score) == ("random", -4, False)
+    assert cfg.prior_score_places == "all"
 
 
 def test_features_unchanged_when_future_changes():

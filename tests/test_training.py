@@ -51,6 +51,31 @@ def test_early_stopping_restores_the_best_epoch(city):
     assert val["mrr"] == pytest.approx(best["val_mrr"], abs=1e-9)
 
 
+def test_evaluate_ranks_new_place_targets_among_the_unvisited_places(city):
+    model, features, _ = _train(city, seed=0, epochs=1)
+    index = SampleIndex(city.users)
+    ev = evaluate(model, features, index, "test", batch_size=7)  # batches split users
+    assert ev.new_place.any() and not ev.new_place.all()
+    model.eval()
+    for i in range(len(ev.ranks)):
+        user, p = city.users[ev.users[i]], int(ev.positions[i])
+        visited = np.zeros(city.num_places, dtype=bool)
+        visited[user.places[:p]] = True
+        assert ev.new_place[i] == (not visited[ev.targets[i]])
+        if not ev.new_place[i]:
+            assert ev.new_place_ranks[i] == ev.ranks[i]
+            continue
+        with torch.no_grad():
+            scores = model(features.build(index, ev.users[i : i + 1], ev.positions[i : i + 1]))[0]
+        above = (scores >= scores[ev.targets[i]]).numpy()
+        assert ev.new_place_ranks[i] == above[~visited].sum()
+        assert ev.ranks[i] == above.sum()
+    metrics = ev.metrics(breakdown=True)
+    assert metrics["return-samples"] + metrics["new-samples"] == metrics["samples"]
+    assert metrics["new-samples"] == int(ev.new_place.sum())
+    assert set(ev.metrics()) == {"acc@1", "acc@5", "acc@10", "mrr", "ndcg@10", "samples"}
+
+
 def test_train_local_counts_examples_and_changes_only_given_parameters(city):
     user = city.users[0]
     model, features = build_model(city.num_places, 1, ModelConfig(**SMALL).without_prior(), None)
@@ -87,6 +112,8 @@ def test_run_centralized_writes_metrics_and_predictions(tmp_path, city):
     for split in ("test", "validation"):
         assert set(metrics[split]) >= {"acc@1", "acc@5", "acc@10", "mrr", "ndcg@10", "samples"}
     assert metrics["test"]["samples"] == city.num_samples("test")
+    test = metrics["test"]
+    assert test["return-samples"] + test["new-samples"] == test["samples"]  # the breakdown
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert lines[0] == "user_id,target,rank"
     assert len(lines) - 1 == city.num_samples("test")

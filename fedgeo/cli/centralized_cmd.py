@@ -72,6 +72,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="initial bias of the prior score's gate (default: the model's)",
     )
     group.add_argument(
+        "--prior-score-places",
+        choices=("new", "all"),
+        default=None,
+        help="places the prior score lifts (docs/model.md; default: the model's)",
+    )
+    group.add_argument(
         "--prior-k", type=positive_int, default=10, help="neighbours per place in the prior"
     )
 
@@ -84,6 +90,7 @@ def model_config_from_args(args: argparse.Namespace):
         for key, value in (
             ("shared_score_init", args.shared_score_init),
             ("prior_gate_bias", args.prior_gate_bias),
+            ("prior_score_places", args.prior_score_places),
             ("return_score", False if args.no_return_score else None),
         )
         if value is not None

@@ -9,13 +9,18 @@ TRAINING_MEMORIES = ("past", "leave-one-out")
 """Values of :attr:`ModelConfig.training_memory`."""
 SHARED_SCORE_INITS = ("random", "zero")
 """Values of :attr:`ModelConfig.shared_score_init`."""
+PRIOR_SCORE_PLACES = ("all", "new")
+"""Values of :attr:`ModelConfig.prior_score_places`."""
 OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "shared_score_init": "random",
     "return_score": False,
     "prior_gate_bias": 0.0,
+    "prior_score_places": "all",
 }
 """What a stored configuration that lacks these options meant: it was written before they
-existed, by the model that had no return score (:meth:`ModelConfig.from_dict`)."""
+existed (:meth:`ModelConfig.from_dict`). The first three came in stop 11 (a config without
+them is the model that had no return score); ``prior_score_places`` in stop 12 (a config
+without it, stop 11's included, had the prior score lift every place)."""
 
 
 @dataclass
@@ -62,9 +67,14 @@ class ModelConfig:
     ``personal_memory`` (it reads the visit counts)."""
     return_bias: float = 4.0
     """Initial bias of the return score's gate (the log-odds boost of a visited place)."""
-    prior_gate_bias: float = -4.0
+    prior_gate_bias: float = 0.0
     """Initial bias of the prior score's gate; the score's starting weight is
-    ``softplus(prior_gate_bias)`` (-4 gives 0.018; 0, the model before stop 11, 0.69)."""
+    ``softplus(prior_gate_bias)`` (0 gives 0.69, -4 gives 0.018)."""
+    prior_score_places: str = "new"
+    """Which places the prior score lifts: ``"new"`` (only places absent from the user's
+    memory, freq = 0: the prior orders the places a user may explore and leaves the
+    ranking of the visited ones to the personal memory; without ``personal_memory`` no
+    place is known as visited, so it lifts all) or ``"all"`` (every place; stop 11)."""
 
     def __post_init__(self) -> None:
         if self.training_memory not in TRAINING_MEMORIES:
@@ -76,6 +86,12 @@ class ModelConfig:
             raise ValueError(
                 f"model option shared_score_init (run-config model-shared-score-init) must "
                 f"be one of {', '.join(SHARED_SCORE_INITS)}, got {self.shared_score_init!r}"
+            )
+        if self.prior_score_places not in PRIOR_SCORE_PLACES:
+            raise ValueError(
+                f"model option prior_score_places (run-config model-prior-score-places) "
+                f"must be one of {', '.join(PRIOR_SCORE_PLACES)}, "
+                f"got {self.prior_score_places!r}"
             )
         if self.training_memory == "leave-one-out" and self.memory_limit > 0:
             raise ValueError(
@@ -90,7 +106,7 @@ class ModelConfig:
         """Build from a stored dict (a run's model config, a model file's metadata).
 
         Unknown keys raise ``ValueError`` naming them. A dict without the options added in
-        stop 11 was written before them, so those take their earlier values
+        stops 11 and 12 was written before them, so those take their earlier values
         (:data:`OPTIONS_MISSING_FROM_OLDER_CONFIGS`): a global model saved then still loads."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

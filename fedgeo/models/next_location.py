@@ -141,7 +141,10 @@ class NextLocationModel(nn.Module):
                 scores = scores + self.return_gate(context) * seen
         if self.config.prior_score and "prior_row" in batch:
             gate = nn.functional.softplus(self.prior_gate(context))
-            scores = scores + gate * batch["prior_row"]
+            prior_row = batch["prior_row"]
+            if self.config.prior_score_places == "new" and self.config.personal_memory:
+                prior_row = prior_row * (batch["memory"][:, FREQ] == 0).to(prior_row.dtype)
+            scores = scores + gate * prior_row
         return scores
 
     # --- shared / personal split -------------------------------------------------
