@@ -9,8 +9,12 @@ FedGeo's default aggregation was chosen (docs/method.md).
     python experiments/design_sweep.py --data ../shared/data/foursquare-nyc/checkins.csv \\
         --name fedgeo-gm --exclusion --aggregation geometric-median --mu 0.01 --rounds 30
 
+``--set OPTION=VALUE`` (repeatable) sets any model option (``fedgeo.models.ModelConfig``),
+e.g. ``--set prior_score_places=all``; ``--prior-k`` the prior's neighbours per place.
+
 Prints one JSON line per round (drift, participants, seconds; validation metrics every
-``--eval-every`` rounds) and a final line with test and validation metrics.
+``--eval-every`` rounds) and a final line with test and validation metrics, each with the
+return and new-place breakdown (docs/metrics.md).
 """
 
 from __future__ import annotations

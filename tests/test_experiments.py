@@ -235,3 +235,12 @@ def test_return_score_fit_lowers_the_loss_and_lifts_only_visited_places() -> Non
     lifted = scores(memory, bias, torch.tensor(2.0)) - scores(memory, bias, None)
     visited = (memory[:, 0] > 0).numpy()
     assert np.allclose(lifted.numpy()[visited], 2.0) and np.all(lifted.numpy()[~visited] == 0)
+
+
+def test_design_sweep_reads_model_options() -> None:
+    from experiments.design_sweep import model_options
+
+    options = model_options(["prior_gate_bias=0", "prior_score_places=all", "return_score=false"])
+    assert options == {"prior_gate_bias": 0, "prior_score_places": "all", "return_score": False}
+    with pytest.raises(SystemExit, match="OPTION=VALUE"):
+        model_options(["prior_gate_bias"])
