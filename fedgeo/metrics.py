@@ -199,14 +199,7 @@ class MetricSums:
     def __add__(self, other: MetricSums) -> MetricSums:
         if not isinstance(other, MetricSums):
             return NotImplemented
-        return MetricSums(
-            count=self.count + other.count,
-            hits1=self.hits1 + other.hits1,
-            hits5=self.hits5 + other.hits5,
-            hits10=self.hits10 + other.hits10,
-            rr_sum=self.rr_sum + other.rr_sum,
-            ndcg10_sum=self.ndcg10_sum + other.ndcg10_sum,
-        )
+        return MetricSums.total([self, other])
 
     @classmethod
     def total(cls, parts: Sequence[MetricSums]) -> MetricSums:

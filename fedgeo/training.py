@@ -19,7 +19,6 @@ from fedgeo.metrics import (
     breakdown_sums,
     rank_new_places,
     ranks_from_scores,
-    visited_before,
 )
 from fedgeo.models.features import FeatureBuilder, SampleIndex
 from fedgeo.models.next_location import NextLocationModel
@@ -177,11 +176,12 @@ def evaluate(
 def _visited(
     index: SampleIndex, users: np.ndarray, positions: np.ndarray, num_places: int
 ) -> np.ndarray:
-    """Per sample, the places its user checked in at before it."""
+    """Per sample, the places its user checked in at before it (read from the index's
+    concatenated check-ins)."""
     visited = np.zeros((len(users), num_places), dtype=bool)
-    for user in np.unique(users):
-        rows = np.flatnonzero(users == user)
-        visited[rows] = visited_before(index.users[user].places, positions[rows], num_places)
+    for row, (user, p) in enumerate(zip(users, positions, strict=True)):
+        start = index.offsets[user]
+        visited[row, index.places[start : start + p]] = True
     return visited
 
 
