@@ -104,7 +104,7 @@ DEFAULTS: dict[str, Scalar] = {
     "model-hidden-dim": 64,
     "model-window": 20,
     "model-dropout": 0.1,
-    "model-prior-init": True,
+    "model-prior-init": False,
     "model-prior-propagation": True,
     "model-prior-score": True,
     "model-personal-memory": True,

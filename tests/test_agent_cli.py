@@ -6,6 +6,7 @@ import io
 import json
 import string
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -326,3 +327,46 @@ def test_join_runs_the_supernode_with_the_agent_folder(
     status, _, err = run_cli([*base, "--superlink", "example.org:9092", "--", "--node-config"])
     assert status == 2 and "--node-config cannot be passed" in err and "Traceback" not in err
     assert len(calls) == 1
+
+
+_STUBBORN_CHILD = """
+import signal, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", (
+    "import signal, sys, time\\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+    "print('ready', flush=True)\\n"
+    "time.sleep(120)\\n"
+)], stdout=subprocess.PIPE, text=True)
+child.stdout.readline()
+print(child.pid, flush=True)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_join_stops_what_the_supernode_left_in_its_process_group() -> None:
+    """The SuperNode's leftovers: a child that ignores SIGTERM and outlives its parent
+    (a ClientApp retrying a Runtime API that is gone) is killed after the grace time."""
+    import subprocess
+
+    from client.agent.supernode import stop_process_group
+
+    leader = subprocess.Popen(
+        [sys.executable, "-c", _STUBBORN_CHILD], stdout=subprocess.PIPE, text=True, process_group=0
+    )
+    orphan = int(leader.stdout.readline())
+    assert leader.wait(timeout=30) == 0
+    assert _running(orphan)  # its parent is gone, it is not
+    stop_process_group(leader.pid, grace_s=0.5)
+    deadline = time.monotonic() + 10
+    while _running(orphan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(orphan)
+    stop_process_group(leader.pid, grace_s=0.5)  # an empty group: returns at once

@@ -45,6 +45,7 @@ from client.data_source import (
     STORE_PATH,
     client_source,
 )
+from client.state import KEEP_FILES
 from fedgeo.cli.main import main as fedgeo_main
 from fedgeo.data.errors import DataError
 from fedgeo.data.places_io import read_places_csv, write_places_csv
@@ -291,9 +292,10 @@ def _simulation_config() -> dict:
 # ----------------------------------------------------------------------------------
 
 
-def _children() -> dict[int, list[int]]:
-    """parent pid -> child pids, from /proc."""
-    tree: dict[int, list[int]] = {}
+def _stats() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/PID/stat after the command name (state, ppid, pgrp,
+    session, ...)."""
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -301,9 +303,21 @@ def _children() -> dict[int, list[int]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
+        stats[int(entry.name)] = stat[stat.rindex(")") + 2 :].split()
+    return stats
+
+
+def _children() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for pid, fields in _stats().items():
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of session ``sid``, orphans reparented away included."""
+    return [pid for pid, fields in _stats().items() if int(fields[3]) == sid and pid != sid]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -313,6 +327,13 @@ def _descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"({pid} gone)"
 
 
 def _alive(pid: int) -> bool:
@@ -350,6 +371,7 @@ class Processes:
         """Stop ``process``, its process group and its descendants; return the pids
         still alive after SIGKILL (none expected)."""
         pids = [process.pid, *_descendants(process.pid)]
+        pids += [p for p in _session(process.pid) if p not in pids]
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
         for pid in pids:
@@ -642,14 +664,9 @@ def test_two_rounds_then_predict(federation: Federation, city: dict, tmp_path: P
         assert reply["model_round"] == 2 and reply["personal_state"]
 
 
-@pytest.mark.slow
-def test_restarted_superlink_keeps_node_ids(federation: Federation) -> None:
-    """The state database keeps registrations: after a restart the agents reconnect
-    under the same node ids (which name their personal state), so a resumed run
-    (``resume=true``, same ``out-dir``) addresses the same clients."""
-    link = federation.link
-    link.restart()
-    registered = set(federation.registered)
+def _wait_reconnected(federation: Federation) -> None:
+    """Wait until every registered agent is online again under its node id."""
+    link, registered = federation.link, set(federation.registered)
 
     def reconnected() -> bool:
         reply = link.flwr("supernode", "ls", CONNECTION, "--format", "json").stdout
@@ -661,6 +678,63 @@ def test_restarted_superlink_keeps_node_ids(federation: Federation) -> None:
 
 
 @pytest.mark.slow
+def test_restarted_superlink_keeps_node_ids(federation: Federation) -> None:
+    """The state database keeps registrations: after a restart the agents reconnect
+    under the same node ids (which name their personal state), so a resumed run
+    (``resume=true``, same ``out-dir``) addresses the same clients."""
+    federation.link.restart()
+    _wait_reconnected(federation)
+
+
+def _start_run(link: Link, run_config: str) -> None:
+    started = link.flwr(
+        "run", str(REPO_ROOT), CONNECTION, "--run-config", run_config, "--format", "json"
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+
+
+def _results(out_dir: Path) -> dict:
+    path = out_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {"rounds": []}
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_its_checkpoint(
+    federation: Federation, city: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """docs/deployment.md, *Restarts and resuming*: the SuperLink stops during a run;
+    after its restart the same ``flwr run`` (same ``out-dir``, ``resume=true``) goes on
+    after the last checkpointed round, with the same devices and their personal state."""
+    link, rounds = federation.link, 4
+    out_dir = tmp_path_factory.mktemp("resume") / "run-out"
+    run_config = _run_config(city, out_dir).replace("num-rounds=2", f"num-rounds={rounds}")
+    logs = [log for _, log in federation.joined] + [link.log]
+    _start_run(link, run_config)
+    wait_for(lambda: _results(out_dir)["rounds"], RUN_TIMEOUT_S, "round 1", logs)
+    link.restart()  # stops the SuperLink and the run's ServerApp with it
+    done = [r["round"] for r in _results(out_dir)["rounds"]]
+    assert done == list(range(1, len(done) + 1)) and len(done) < rounds, done
+    _wait_reconnected(federation)
+
+    _start_run(link, run_config)
+    wait_for(lambda: "test" in _results(out_dir), RUN_TIMEOUT_S, "the resumed run", logs)
+    results = _results(out_dir)
+    assert results["resumed_at"] == [len(done) + 1]
+    assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
+    assert results["nodes"]["federated"] == 3 and results["test_failures"] == 0
+    devices = {node_id & (2**63 - 1) for node_id in federation.registered}  # server names
+    for record in results["rounds"]:  # the same three devices before and after
+        assert set(record["participation"]["nodes"]) == devices, record["participation"]
+    for folder in federation.folders:  # each kept its personal state through the restart
+        state = list(folder.state_dir.glob(f"*/client-{folder.read_status()['node_id']}"))
+        resumed = [s for s in state if (s / f"round-{rounds:05d}.npz").is_file()]
+        assert len(resumed) == 1, state
+        names = sorted(p.name for p in resumed[0].glob("round-*.npz"))
+        kept = range(rounds - KEEP_FILES + 1, rounds + 1)  # the store keeps the latest
+        assert names == [f"round-{r:05d}.npz" for r in kept]
+
+
+@pytest.mark.slow
 def test_join_forwards_sigterm_to_its_supernode(federation: Federation) -> None:
     process, log = federation.joined[0]
     supernodes = _descendants(process.pid)
@@ -668,4 +742,8 @@ def test_join_forwards_sigterm_to_its_supernode(federation: Federation) -> None:
     os.kill(process.pid, signal.SIGTERM)  # the join process only, not its group
     assert _exited(process, log) == 0, _tail(log)
     assert "SuperNode terminated gracefully" in log.read_text(errors="replace")
-    wait_for(lambda: not any(_alive(p) for p in supernodes), 15, "the SuperNode to stop", [log])
+    try:
+        wait_for(lambda: not any(_alive(p) for p in supernodes), 15, "the SuperNode to stop", [log])
+    except pytest.fail.Exception:
+        alive = [_cmdline(p) for p in supernodes if _alive(p)]
+        pytest.fail(f"still running after the agent stopped: {alive}")

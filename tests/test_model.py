@@ -236,6 +236,9 @@ def test_centralized_command_passes_the_model_start_options():
     cfg = model_config_from_args(parser.parse_args(argv))
     assert (cfg.shared_score_init, cfg.prior_gate_bias, cfg.return_score) == ("random", -4, False)
     assert cfg.prior_score_places == "all"
+    assert not cfg.prior_init
+    assert model_config_from_args(parser.parse_args(["--prior-init"])).prior_init
+    assert not model_config_from_args(parser.parse_args(["--no-prior-init"])).prior_init
 
 
 def test_features_unchanged_when_future_changes():
@@ -301,7 +304,7 @@ def test_prior_init_seeds_place_embeddings_with_the_spectral_embedding():
 
     places = make_places(30)
     prior = _prior(places)
-    model, _ = build_model(len(places), 1, ModelConfig(**SMALL), prior, seed=0)
+    model, _ = build_model(len(places), 1, ModelConfig(**SMALL, prior_init=True), prior, seed=0)
     spectral = spectral_embedding(prior, SMALL["embedding_dim"], seed=0)
     weights = model.place_embedding.weight[:30].detach().numpy()
     corr = [abs(np.corrcoef(weights[:, j], spectral[:, j])[0, 1]) for j in range(4)]

@@ -27,17 +27,21 @@ The command :func:`supernode_command` builds is::
 
 :func:`run_supernode` runs it in the foreground: SIGINT, SIGTERM, SIGHUP and SIGQUIT
 are forwarded to the SuperNode, and its exit status is returned (128 + N when a
-signal N ended it).
+signal N ended it). When the SuperNode has exited, whatever it left in its process group
+is stopped too: a ClientApp subprocess whose message was in flight when the SuperLink went
+away can outlive its SuperNode, retrying a Runtime API that is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -60,6 +64,8 @@ FORWARDED_SIGNALS = tuple(
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
     if hasattr(signal, name)
 )
+LEFTOVER_GRACE_S = 3.0
+"""Seconds the processes a SuperNode left behind get between SIGTERM and SIGKILL."""
 FORBIDDEN_ARGS = (
     "--insecure",
     "--root-certificates",
@@ -241,6 +247,27 @@ def run_supernode(
         if process.poll() is None:
             process.kill()
             process.wait()
+        stop_process_group(process.pid)
+
+
+def stop_process_group(pgid: int, grace_s: float = LEFTOVER_GRACE_S) -> None:
+    """SIGTERM every process left in group ``pgid``, SIGKILL those still there after
+    ``grace_s`` seconds; return at once when the group is empty."""
+    if not hasattr(os, "killpg"):  # not POSIX: no process groups
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _die_with_parent() -> None:

@@ -43,7 +43,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hidden-dim", type=positive_int, default=128)
     group.add_argument("--window", type=positive_int, default=20)
     group.add_argument("--no-prior", action="store_true", help="switch off every use of the prior")
-    group.add_argument("--no-prior-init", action="store_true")
+    group.add_argument(
+        "--prior-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seed place embeddings with the prior's spectral embedding (default: off)",
+    )
     group.add_argument("--no-prior-propagation", action="store_true")
     group.add_argument("--no-prior-score", action="store_true")
     group.add_argument("--no-personal-memory", action="store_true")
@@ -91,6 +96,7 @@ def model_config_from_args(args: argparse.Namespace):
             ("shared_score_init", args.shared_score_init),
             ("prior_gate_bias", args.prior_gate_bias),
             ("prior_score_places", args.prior_score_places),
+            ("prior_init", args.prior_init),
             ("return_score", False if args.no_return_score else None),
         )
         if value is not None
@@ -100,7 +106,6 @@ def model_config_from_args(args: argparse.Namespace):
         embedding_dim=args.embedding_dim,
         hidden_dim=args.hidden_dim,
         window=args.window,
-        prior_init=not args.no_prior_init,
         prior_propagation=not args.no_prior_propagation,
         prior_score=not args.no_prior_score,
         personal_memory=not args.no_personal_memory,

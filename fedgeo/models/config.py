@@ -38,8 +38,10 @@ class ModelConfig:
     window: int = 20
     """How many recent check-ins the sequence encoder reads."""
     dropout: float = 0.1
-    prior_init: bool = True
-    """Seed place embeddings with the prior's spectral embedding."""
+    prior_init: bool = False
+    """Seed place embeddings with the prior's spectral embedding. Off by default since
+    stop 13: the seeding lowered the ranking of places a user returns to and added
+    nothing on new places (docs/model.md, *Prior uses*)."""
     prior_propagation: bool = True
     """Propagate place embeddings over the adjacency: E' = E + g * (A E)."""
     prior_score: bool = True
