@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import procfs
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -342,14 +343,6 @@ print(child.pid, flush=True)
 """
 
 
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has ended
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 def test_join_stops_what_the_supernode_left_in_its_process_group() -> None:
     """The SuperNode's leftovers: a child that ignores SIGTERM and outlives its parent
@@ -363,10 +356,10 @@ def test_join_stops_what_the_supernode_left_in_its_process_group() -> None:
     )
     orphan = int(leader.stdout.readline())
     assert leader.wait(timeout=30) == 0
-    assert _running(orphan)  # its parent is gone, it is not
+    assert procfs.alive(orphan)  # its parent is gone, it is not
     stop_process_group(leader.pid, grace_s=0.5)
     deadline = time.monotonic() + 10
-    while _running(orphan) and time.monotonic() < deadline:
+    while procfs.alive(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(orphan)
+    assert not procfs.alive(orphan)
     stop_process_group(leader.pid, grace_s=0.5)  # an empty group: returns at once

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import procfs
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -292,58 +293,6 @@ def _simulation_config() -> dict:
 # ----------------------------------------------------------------------------------
 
 
-def _stats() -> dict[int, list[str]]:
-    """pid -> the fields of /proc/PID/stat after the command name (state, ppid, pgrp,
-    session, ...)."""
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        stats[int(entry.name)] = stat[stat.rindex(")") + 2 :].split()
-    return stats
-
-
-def _children() -> dict[int, list[int]]:
-    """parent pid -> child pids, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for pid, fields in _stats().items():
-        tree.setdefault(int(fields[1]), []).append(pid)
-    return tree
-
-
-def _session(sid: int) -> list[int]:
-    """The processes of session ``sid``, orphans reparented away included."""
-    return [pid for pid, fields in _stats().items() if int(fields[3]) == sid and pid != sid]
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-    except OSError:
-        return f"({pid} gone)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 @dataclass
 class Processes:
     """Processes a test starts, each in its own session; :meth:`stop_all` ends them
@@ -370,24 +319,23 @@ class Processes:
     def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM) -> list[int]:
         """Stop ``process``, its process group and its descendants; return the pids
         still alive after SIGKILL (none expected)."""
-        pids = [process.pid, *_descendants(process.pid)]
-        pids += [p for p in _session(process.pid) if p not in pids]
+        pids = [process.pid, *procfs.started_by(process.pid)]
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(procfs.alive(p) for p in pids):
             process.poll()
             time.sleep(0.1)
-        for pid in [p for p in pids if _alive(p)]:
+        for pid in [p for p in pids if procfs.alive(p)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
         time.sleep(0.1)
-        return [p for p in pids if _alive(p)]
+        return [p for p in pids if procfs.alive(p)]
 
     def stop_all(self) -> None:
         survivors = []
@@ -504,10 +452,10 @@ def _join(procs: Processes, name: str, agent: AgentFolder, link: Link, *extra: s
     return procs.start(name, command)
 
 
-def _run_config(city: dict, out_dir: Path) -> str:
+def _run_config(city: dict, out_dir: Path, rounds: int = 2) -> str:
     return " ".join(
         [
-            "num-rounds=2",
+            f"num-rounds={rounds}",
             "eval-every=2",
             f'places-path="{city["places"]}"',
             f'out-dir="{out_dir}"',
@@ -522,6 +470,15 @@ def _run_config(city: dict, out_dir: Path) -> str:
             "protocol-gap-hours=8.0",
         ]
     )
+
+
+def _start_run(link: Link, run_config: str) -> str:
+    """``flwr run`` the project on the deployment; return the run id."""
+    started = link.flwr(
+        "run", str(REPO_ROOT), CONNECTION, "--run-config", run_config, "--format", "json"
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    return json.loads(started.stdout[started.stdout.index("{") :])["run-id"]
 
 
 @dataclass
@@ -569,12 +526,7 @@ def federation(link: Link, city: dict, tmp_path_factory: pytest.TempPathFactory)
             ),
         }
         out_dir = root / "run-out"
-        started = link.flwr(
-            "run", str(REPO_ROOT), CONNECTION,
-            "--run-config", _run_config(city, out_dir), "--format", "json",
-        )  # fmt: skip
-        assert started.returncode == 0, started.stdout + started.stderr
-        run_id = json.loads(started.stdout[started.stdout.index("{") :])["run-id"]
+        run_id = _start_run(link, _run_config(city, out_dir))
         yield Federation(
             link, folders, [r.node_id for r in registrations], joined, refused, run_id, out_dir
         )
@@ -686,13 +638,6 @@ def test_restarted_superlink_keeps_node_ids(federation: Federation) -> None:
     _wait_reconnected(federation)
 
 
-def _start_run(link: Link, run_config: str) -> None:
-    started = link.flwr(
-        "run", str(REPO_ROOT), CONNECTION, "--run-config", run_config, "--format", "json"
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
-
-
 def _results(out_dir: Path) -> dict:
     path = out_dir / "results.json"
     return json.loads(path.read_text()) if path.is_file() else {"rounds": []}
@@ -707,7 +652,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(
     after the last checkpointed round, with the same devices and their personal state."""
     link, rounds = federation.link, 4
     out_dir = tmp_path_factory.mktemp("resume") / "run-out"
-    run_config = _run_config(city, out_dir).replace("num-rounds=2", f"num-rounds={rounds}")
+    run_config = _run_config(city, out_dir, rounds)
     logs = [log for _, log in federation.joined] + [link.log]
     _start_run(link, run_config)
     wait_for(lambda: _results(out_dir)["rounds"], RUN_TIMEOUT_S, "round 1", logs)
@@ -737,13 +682,17 @@ def test_interrupted_run_resumes_from_its_checkpoint(
 @pytest.mark.slow
 def test_join_forwards_sigterm_to_its_supernode(federation: Federation) -> None:
     process, log = federation.joined[0]
-    supernodes = _descendants(process.pid)
+    supernodes = procfs.descendants(process.pid)
     assert supernodes and process.poll() is None
     os.kill(process.pid, signal.SIGTERM)  # the join process only, not its group
     assert _exited(process, log) == 0, _tail(log)
     assert "SuperNode terminated gracefully" in log.read_text(errors="replace")
     try:
-        wait_for(lambda: not any(_alive(p) for p in supernodes), 15, "the SuperNode to stop", [log])
+
+        def stopped() -> bool:
+            return not any(procfs.alive(p) for p in supernodes)
+
+        wait_for(stopped, 15, "the SuperNode to stop", [log])
     except pytest.fail.Exception:
-        alive = [_cmdline(p) for p in supernodes if _alive(p)]
+        alive = [procfs.cmdline(p) for p in supernodes if procfs.alive(p)]
         pytest.fail(f"still running after the agent stopped: {alive}")

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import NODES, TINY_RUN, marked_processes
+from procfs import marked_processes
+from tiny import NODES, TINY_RUN
 
 from client.data_source import client_source, read_places_csv
 from client.local_training import PROFILE_KEYS, privatize

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny import marked_processes
+from procfs import marked_processes
 
 from fedgeo.data.synthetic import SyntheticConfig, generate_city
 from server.checkpoint import load_checkpoint
