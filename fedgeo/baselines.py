@@ -469,9 +469,10 @@ def evaluate_predictor(
             continue
         target = user.places[positions]
         scores = predictor.score_user(user, positions)
-        ranks.append(ranks_from_scores(scores, target))
+        overall = ranks_from_scores(scores, target)
+        ranks.append(overall)
         visited = visited_before(user.places, positions, dataset.num_places)
-        new, among_new = rank_new_places(scores, target, visited)
+        new, among_new = rank_new_places(scores, target, visited, ranks=overall)
         new_place.append(new)
         new_place_ranks.append(among_new)
         targets.append(target)

@@ -278,16 +278,41 @@ def visited_before(places: Any, positions: Any, num_places: int) -> np.ndarray:
 
 
 def rank_new_places(
-    scores: Any, targets: Any, visited: np.ndarray
+    scores: Any, targets: Any, visited: np.ndarray, ranks: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(new_place, ranks)``: whether each target is a place not in ``visited`` (its
     user's places before the sample, :func:`visited_before`), and its rank among the places
-    not visited (for a return target, its rank among all places)."""
+    not visited (for a return target, its rank among all places).
+
+    Only the new-place rows are ranked again; pass ``ranks``, the rows' ranks among all
+    places (:func:`ranks_from_scores`), to reuse them for the return rows instead of
+    ranking those too.
+    """
     t = np.asarray(targets.cpu() if _is_torch_tensor(targets) else targets, dtype=np.int64)
-    exclude = np.array(visited, dtype=bool)
+    exclude = np.asarray(visited, dtype=bool)
     new_place = ~exclude[np.arange(len(t)), t]
-    exclude[~new_place] = False  # a return target keeps its overall rank
-    return new_place, ranks_from_scores(scores, targets, exclude=exclude)
+    out = np.zeros(len(t), dtype=np.int64)
+    new_rows, return_rows = np.flatnonzero(new_place), np.flatnonzero(~new_place)
+    if len(new_rows):
+        out[new_rows] = ranks_from_scores(
+            _rows(scores, new_rows), t[new_rows], exclude=exclude[new_rows]
+        )
+    if len(return_rows):
+        out[return_rows] = (
+            ranks_from_scores(_rows(scores, return_rows), t[return_rows])
+            if ranks is None
+            else np.asarray(ranks, dtype=np.int64)[return_rows]
+        )
+    return new_place, out
+
+
+def _rows(scores: Any, rows: np.ndarray) -> Any:
+    """``scores[rows]`` for a numpy array or a torch tensor (on any device)."""
+    if _is_torch_tensor(scores):
+        import torch
+
+        return scores[torch.as_tensor(rows, device=scores.device)]
+    return np.asarray(scores)[rows]
 
 
 def breakdown_sums(ranks: Any, new_place_ranks: Any, new_place: Any) -> dict[str, MetricSums]:

@@ -169,7 +169,9 @@ def evaluate(
         batch = _to_device(batch, device)
         scores = model(batch)
         ranks[sl] = ranks_from_scores(scores, batch["target"])
-        new_place[sl], new_place_ranks[sl] = rank_new_places(scores, target, visited)
+        new_place[sl], new_place_ranks[sl] = rank_new_places(
+            scores, target, visited, ranks=ranks[sl]
+        )
     return Evaluation(ranks, users, positions, targets, new_place, new_place_ranks)
 
 

@@ -16,6 +16,7 @@ from fedgeo.metrics import (
     breakdown_metrics,
     breakdown_sums,
     compute_metrics,
+    rank_new_places,
     ranks_from_scores,
     visited_before,
 )
@@ -241,6 +242,25 @@ def test_visited_before_marks_only_earlier_check_ins():
             [False, True, False, True, False],
         ],
     )
+
+
+def test_rank_new_places_ranks_new_targets_among_the_unvisited_only():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(6, 8)).astype(np.float32)
+    scores[1, 2] = scores[1, 5]  # a tie: pessimistic
+    targets = np.array([0, 2, 4, 7, 3, 6])
+    visited = rng.random((6, 8)) < 0.5
+    visited[[0, 2], targets[[0, 2]]] = True  # two returns
+    visited[[1, 3, 4, 5], targets[[1, 3, 4, 5]]] = False
+    overall = ranks_from_scores(scores, targets)
+    above = scores >= scores[np.arange(6), targets][:, None]
+    expected = np.where(visited[np.arange(6), targets], overall, (above & ~visited).sum(axis=1))
+    for s, t in ((scores, targets), (torch.as_tensor(scores), torch.as_tensor(targets))):
+        for given in (None, overall):
+            new, ranks = rank_new_places(s, t, visited, ranks=given)
+            np.testing.assert_array_equal(new, [False, True, False, True, True, True])
+            np.testing.assert_array_equal(ranks, expected)
+    assert not visited[[1, 3], targets[[1, 3]]].any()  # the mask is not changed
 
 
 def test_breakdown_splits_return_and_new_place_samples():
