@@ -11,14 +11,25 @@ interrupted experiment is continued by running the same command again (a federat
 that stopped mid-way resumes from its checkpoint). The report
 (:mod:`experiments.report`) is then written to ``OUT/<config>/`` and, with
 ``--figures``, its plots to that folder too.
+
+``--set KEY=VALUE`` (repeatable) runs the config with a run-config key changed for every
+run, as if written in its ``[run]`` table (a method's own ``set`` still wins). Such runs
+must go to their own ``--out`` folder, so that they are never taken for the config's own
+finished runs::
+
+    python -m experiments.run experiments/configs/nyc_main.toml --only fedgeo \
+        --set model-prior-init=true --out runs/prior-init
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,27 +169,69 @@ def execute(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> 
         run_federated(config, federated, cpus)
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to run-config overrides; a value is read as a TOML value
+    (``true``, ``10``, ``0.5``, ``"text"``) and otherwise kept as text."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        settings[key.strip()] = value
+    return settings
+
+
+def with_settings(config: ExperimentConfig, settings: dict[str, Any]) -> ExperimentConfig:
+    """``config`` with ``settings`` added to its ``[run]`` table and named in its title."""
+    if not settings:
+        return config
+    named = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    return dataclasses.replace(
+        config, run={**config.run, **settings}, title=f"{config.title} (with {named})"
+    )
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("config", type=Path, help="experiment config (experiments/configs/*.toml)")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "experiments")
+    ap.add_argument("--out", type=Path, help="output root (default: runs/experiments)")
     ap.add_argument("--only", help="comma-separated method names (default: all)")
     ap.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report")
     ap.add_argument("--figures", type=Path, help="also write the plots to this folder")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run-config key for every run, as if in the config's [run] (needs --out)",
+    )
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        config = load_config(args.config)
+        settings = parse_settings(args.set)
+        if settings and args.out is None:
+            raise ValueError("--set needs --out: its runs must not mix with the config's own")
+        config = with_settings(load_config(args.config), settings)
         methods = args.only.split(",") if args.only else None
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        runs = plan(config, args.out, methods, seeds)
+        out = args.out if args.out is not None else ROOT / "runs" / "experiments"
+        runs = plan(config, out, methods, seeds)
+        if settings:
+            from server.run_config import RunConfig
+
+            for run in runs:
+                RunConfig.from_mapping(run_values(config, run))  # names a bad key or value
     except (ConfigError, KeyError, ValueError) as err:
         print(f"experiments.run: error: {err}", file=sys.stderr)
         return 2
@@ -189,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         execute(config, runs, args.cpus)
     from experiments.report import write_report
 
-    table = write_report(config, args.out, figures=args.figures)
+    table = write_report(config, out, figures=args.figures)
     print(table)
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 
 from experiments.config import ROOT, ConfigError, load_config
 from experiments.report import markdown_table, summarize, write_report
-from experiments.run import main, plan, run_values
+from experiments.run import main, parse_settings, plan, run_values, with_settings
 from server.run_config import RunConfig
 
 CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
@@ -244,3 +244,38 @@ def test_design_sweep_reads_model_options() -> None:
     assert options == {"prior_gate_bias": 0, "prior_score_places": "all", "return_score": False}
     with pytest.raises(SystemExit, match="OPTION=VALUE"):
         model_options(["prior_gate_bias"])
+
+
+def test_set_changes_a_key_for_every_run_below_the_methods_own(
+    small_config: Path, tmp_path: Path
+) -> None:
+    """``--set`` reads TOML values, adds them to ``[run]``, names them in the title, and
+    a method's own ``set`` still wins."""
+    settings = parse_settings(["num-rounds=5", "model-prior-init=true", "strategy-note=a b"])
+    assert settings == {"num-rounds": 5, "model-prior-init": True, "strategy-note": "a b"}
+    config = with_settings(load_config(small_config), {"num-rounds": 5, "lr": 0.01})
+    assert "(with num-rounds = 5, lr = 0.01)" in config.title
+    run = plan(config, tmp_path, methods=["fedavg"], seeds=[0])[0]
+    values = run_values(config, run)
+    assert values["num-rounds"] == 5 and values["lr"] == 0.01
+    prior_on = with_settings(load_config(small_config), {"model-prior-init": True})
+    assert prior_on.title.endswith("(with model-prior-init = true)")
+    assert run_values(prior_on, run)["model-prior-init"] is False  # the method's own
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "num-rounds"], "expected KEY=VALUE"),
+        (["--set", "no-such-key=1", "--out", "OUT"], "unknown run-config key(s): no-such-key"),
+        (["--set", "num-rounds=x", "--out", "OUT"], "'num-rounds': expected int"),
+        (["--set", "num-rounds=3"], "--set needs --out"),
+    ],
+)
+def test_bad_set_exits_2_naming_it(
+    small_config: Path, tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    assert main([str(small_config), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()  # nothing ran
