@@ -290,6 +290,8 @@ def rank_new_places(
     """
     t = np.asarray(targets.cpu() if _is_torch_tensor(targets) else targets, dtype=np.int64)
     exclude = np.asarray(visited, dtype=bool)
+    if ranks is not None and len(ranks) != len(t):
+        raise ValueError(f"ranks has {len(ranks)} rows, targets {len(t)}")
     new_place = ~exclude[np.arange(len(t)), t]
     out = np.zeros(len(t), dtype=np.int64)
     new_rows, return_rows = np.flatnonzero(new_place), np.flatnonzero(~new_place)

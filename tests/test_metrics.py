@@ -261,6 +261,8 @@ def test_rank_new_places_ranks_new_targets_among_the_unvisited_only():
             np.testing.assert_array_equal(new, [False, True, False, True, True, True])
             np.testing.assert_array_equal(ranks, expected)
     assert not visited[[1, 3], targets[[1, 3]]].any()  # the mask is not changed
+    with pytest.raises(ValueError, match="ranks has 5 rows, targets 6"):
+        rank_new_places(scores, targets, visited, ranks=overall[:5])
 
 
 def test_breakdown_splits_return_and_new_place_samples():
