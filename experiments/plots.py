@@ -1,6 +1,8 @@
 """Plots of an experiment's runs (matplotlib, written as PNG files).
 
 * ``curves.png``: federated validation Acc@1 against the round, mean ± std over seeds;
+* ``test_curves.png``: test Acc@1 of every client against the round, mean ± std over seeds
+  (runs with ``test-every``);
 * ``client_accuracy.png``: distribution (ECDF) of per-client test Acc@1, first seed;
 * ``participation.png``: FedGeo's participation probability against each client's number
   of distinct places (first seed; with a sweep, its last value);
@@ -35,20 +37,26 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(runs: list[PlannedRun], path: Path) -> Path | None:
-    """Validation Acc@1 per round, one line per federated method (and sweep value)."""
+def curve_points(
+    runs: list[PlannedRun], history: str, metric: str = "acc@1"
+) -> dict[str, dict[int, list[float]]]:
+    """``label -> round -> [metric per seed]`` from each federated run's ``history`` list in
+    results.json (``evaluation``: validation of sampled clients; ``test_curve``: test of
+    every client)."""
     series: dict[str, dict[int, list[float]]] = {}
     for run in runs:
         if run.method.kind != "federated":
             continue
         result = json.loads(run.result_file.read_text(encoding="utf-8"))
         label = run.method.label + (f" ({run.variant})" if run.variant else "")
-        for point in result.get("evaluation") or []:
+        for point in result.get(history) or []:
             series.setdefault(label, {}).setdefault(int(point["round"]), []).append(
-                float(point["acc@1"])
+                float(point[metric])
             )
-    if not series:
-        return None
+    return series
+
+
+def _plot_series(series: dict[str, dict[int, list[float]]], ylabel: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in series.items():
         rounds = sorted(points)
@@ -57,10 +65,22 @@ def plot_curves(runs: list[PlannedRun], path: Path) -> Path | None:
         ax.plot(rounds, mean, marker="o", label=label)
         ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
     ax.set_xlabel("round")
-    ax.set_ylabel("validation Acc@1 (sampled clients)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def plot_curves(runs: list[PlannedRun], path: Path) -> Path | None:
+    """Validation Acc@1 per round, one line per federated method (and sweep value)."""
+    series = curve_points(runs, "evaluation")
+    return _plot_series(series, "validation Acc@1 (sampled clients)", path) if series else None
+
+
+def plot_test_curves(runs: list[PlannedRun], path: Path) -> Path | None:
+    """Test Acc@1 of every client per round (runs with ``test-every``)."""
+    series = curve_points(runs, "test_curve")
+    return _plot_series(series, "test Acc@1 (every client)", path) if series else None
 
 
 def per_client_accuracy(predictions_csv: Path) -> np.ndarray:
@@ -153,6 +173,7 @@ def make_plots(
     runs = _done(config, out_root)
     made = [
         plot_curves(runs, folder / "curves.png"),
+        plot_test_curves(runs, folder / "test_curves.png"),
         plot_client_accuracy(runs, folder / "client_accuracy.png"),
         plot_participation(config, runs, folder / "participation.png"),
         plot_sweep(config, rows, folder / "sweep.png"),

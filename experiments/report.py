@@ -148,6 +148,35 @@ def breakdown_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def test_curve_table(config: ExperimentConfig, out_root: Path) -> str:
+    """Test Acc@1 and MRR of every client by round, mean ± std over seeds, for the runs
+    with a test curve (``test-every``); "" when none has one."""
+    from experiments.plots import curve_points
+
+    runs = [r for r in plan(config, out_root) if r.done]
+    acc, mrr = curve_points(runs, "test_curve"), curve_points(runs, "test_curve", "mrr")
+    if not acc:
+        return ""
+    rounds = sorted({r for points in acc.values() for r in points})
+    lines = [
+        "**Test Acc@1 / MRR of every client by round** (mean ± std over seeds)",
+        "",
+        "| method | " + " | ".join(f"round {r}" for r in rounds) + " |",
+        "|" + "---|" * (len(rounds) + 1),
+    ]
+    for label, points in acc.items():
+        cells = [label]
+        for r in rounds:
+            if r not in points:
+                cells.append("–")
+                continue
+            a, m = points[r], mrr[label][r]
+            std = float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
+            cells.append(f"{np.mean(a):.4f} ± {std:.4f} / {np.mean(m):.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("", encoding="utf-8")
@@ -172,6 +201,9 @@ def write_report(config: ExperimentConfig, out_root: Path, figures: Path | None 
     breakdown = breakdown_table(summary)
     if breakdown:
         table += "\n" + breakdown
+    curves = test_curve_table(config, out_root)
+    if curves:
+        table += "\n" + curves
     (folder / "table.md").write_text(table, encoding="utf-8")
     made = plots.make_plots(config, out_root, folder, rows)
     if figures is not None:

@@ -418,6 +418,9 @@ class Federation:
             if record.get("evaluate"):
                 results["evaluation"].append({"round": server_round, **record["evaluate"]})
                 results["validation"] = record["evaluate"]
+            if record.get("test"):
+                point = {"round": server_round, **record["test"]}
+                results.setdefault("test_curve", []).append(point)
             results["participation"]["per_round"].append(record["participation"]["sampled"])
             results["participation"]["probabilities"] = _probabilities(self.base)
             results["privacy"] = self.privacy.summary()
@@ -439,6 +442,9 @@ class Federation:
             paused += yield from _pause(results)
         t0 = time.perf_counter()
         results["test"] = self._final_test(view, arrays)
+        if cfg.test_every:
+            point = {"round": cfg.num_rounds, **results["test"]}
+            results.setdefault("test_curve", []).append(point)
         results["test_failures"] = self.test_failures
         results["timings_s"]["final_test"] = time.perf_counter() - t0
         results["timings_s"]["total"] = results["timings_s"].get("total", 0.0) + (
@@ -492,6 +498,10 @@ class Federation:
         record["evaluate"] = None
         if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_rounds:
             record["evaluate"] = self._evaluate(view, server_round, arrays)
+        every = self.cfg.test_every
+        if every and server_round % every == 0 and server_round < self.cfg.num_rounds:
+            record["test"] = self._test_every_node(view, server_round, arrays)  # a curve point
+            record["test_failures"] = self.test_failures
         record["seconds"] = time.perf_counter() - t0
         return record, arrays
 
@@ -557,12 +567,19 @@ class Federation:
     def _final_test(self, view: NodeView, arrays: ArrayRecord) -> dict[str, Any]:
         """Every node evaluates the final model on its test samples (with per-sample
         ranks in research mode); writes predictions.csv in research mode."""
+        research = bool(self.cfg["research-mode"]) and self.setup.user_ids is not None
+        return self._test_every_node(view, self.cfg.num_rounds, arrays, predictions=research)
+
+    def _test_every_node(
+        self, view: NodeView, server_round: int, arrays: ArrayRecord, predictions: bool = False
+    ) -> dict[str, Any]:
+        """Every node evaluates ``arrays`` on its test samples; with ``predictions`` the
+        per-sample ranks are written to predictions.csv. Training never depends on it:
+        each round reseeds the random generators first (``seed_round``)."""
         cfg = self.cfg
-        research = bool(cfg["research-mode"]) and self.setup.user_ids is not None
-        extra = {SPLIT: "test", RETURN_RANKS: int(research)}
-        config = self.instruction(cfg.num_rounds, **extra)
-        seed_round(cfg.seed, cfg.num_rounds)
-        template = list(self.strategy.configure_evaluate(cfg.num_rounds, arrays, config, view))
+        config = self.instruction(server_round, **{SPLIT: "test", RETURN_RANKS: int(predictions)})
+        seed_round(cfg.seed, server_round)
+        template = list(self.strategy.configure_evaluate(server_round, arrays, config, view))
         content = (
             template[0].content if template else RecordDict({"arrays": arrays, "config": config})
         )
@@ -570,11 +587,11 @@ class Federation:
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout)
         good, errors, too_small = _split(replies)
         for error in errors:
-            logger.warning("final test failed: %s", error)
+            logger.warning("round %d: test failed: %s", server_round, error)
         for reason in too_small:
-            logger.info("final test: client skipped: %s", reason)
+            logger.info("round %d: test: client skipped: %s", server_round, reason)
         self.test_failures = len(errors)
-        if research and good:
+        if predictions and good:
             self._write_predictions(good)
         return dict(micro_average([m.content for m in good]))
 

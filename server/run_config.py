@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Scalar] = {
     # rounds, outputs, robustness
     "num-rounds": 3,
     "eval-every": 1,
+    "test-every": 0,
     "seed": 0,
     "out-dir": "outputs/fedgeo",
     "resume": False,
@@ -137,7 +138,16 @@ SECTIONS: dict[str, type] = {
 """Key prefix -> settings dataclass whose fields the prefixed keys set."""
 
 RESUMABLE_CHANGES = frozenset(
-    {"num-rounds", "resume", "out-dir", "round-timeout", "node-wait", "research-mode", "eval-every"}
+    {
+        "num-rounds",
+        "resume",
+        "out-dir",
+        "round-timeout",
+        "node-wait",
+        "research-mode",
+        "eval-every",
+        "test-every",
+    }
 )
 """Keys a resumed run may change; any other difference from the checkpoint is an error."""
 
@@ -232,6 +242,8 @@ class RunConfig:
         for key in ("num-rounds", "eval-every", "local-epochs", "batch-size", "min-replies"):
             if int(config.values[key]) < 1:
                 raise ValueError(f"run-config '{key}' must be >= 1, got {config.values[key]}")
+        if config.test_every < 0:
+            raise ValueError(f"run-config 'test-every' must be >= 0, got {config.test_every}")
         if config.values["scaffold-control"] not in SCAFFOLD_CONTROLS:
             raise ValueError(
                 f"run-config 'scaffold-control' must be one of {', '.join(SCAFFOLD_CONTROLS)}, "
@@ -254,6 +266,11 @@ class RunConfig:
     @property
     def eval_every(self) -> int:
         return int(self.values["eval-every"])
+
+    @property
+    def test_every(self) -> int:
+        """Test every node every K rounds (0: only the final test)."""
+        return int(self.values["test-every"])
 
     @property
     def seed(self) -> int:

@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="run seed")
     parser.add_argument("--local-epochs", type=positive_int, help="local epochs per round")
     parser.add_argument("--eval-every", type=positive_int, help="validate every K rounds")
+    parser.add_argument(
+        "--test-every",
+        type=positive_int,
+        help="also test every node every K rounds (a test curve; default: the final test only)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
     parser.add_argument(
@@ -81,6 +86,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "local-epochs": args.local_epochs,
         "eval-every": args.eval_every,
+        "test-every": args.test_every,
         "data-path": str(args.data) if args.data else None,
         "data-format": args.format,
     }

@@ -1,10 +1,11 @@
-"""A run resumed from its checkpoint ends exactly like an uninterrupted one.
+"""A run resumed from its checkpoint ends exactly like an uninterrupted one, and a run
+that also tests every node each round (``test-every``) like one that does not.
 
-Two starts of the simulation engine: the first runs each strategy 4 rounds straight and
-2 rounds into a second folder; the second (fresh Flower node ids, fresh client
-processes) resumes the 2-round runs to 4 rounds. The clients keep their state in files
-(``client-state-dir``), so even SCAFFOLD (control variates) and the personal user
-embeddings continue exactly.
+Two starts of the simulation engine: the first runs each strategy 4 rounds straight, 4
+rounds with a test curve, and 2 rounds into a third folder; the second (fresh Flower node
+ids, fresh client processes) resumes the 2-round runs to 4 rounds. The clients keep their
+state in files (``client-state-dir``), so even SCAFFOLD (control variates) and the
+personal user embeddings continue exactly.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     straight = {
         n: tiny(root / f"{n}-straight", strategy=n, **{"num-rounds": 4}) for n in STRATEGIES
     }
+    curves = {
+        n: tiny(root / f"{n}-curve", strategy=n, **{"num-rounds": 4, "test-every": 1})
+        for n in STRATEGIES
+    }
     halves = {n: tiny(root / f"{n}-resumed", strategy=n, **{"num-rounds": 2}) for n in STRATEGIES}
-    simulate([*straight.values(), *halves.values()], NODES, 2, progress=False)
+    simulate([*straight.values(), *curves.values(), *halves.values()], NODES, 2, progress=False)
     resumed = {n: {**v, "num-rounds": 4, "resume": True} for n, v in halves.items()}
     simulate(list(resumed.values()), NODES, 2, progress=False)
-    return {n: (straight[n], resumed[n]) for n in STRATEGIES}
+    return {n: (straight[n], resumed[n], curves[n]) for n in STRATEGIES}
 
 
 def _results(values: dict) -> dict:
@@ -58,7 +63,7 @@ def _results(values: dict) -> dict:
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_resumed_run_ends_with_the_same_model(runs, name):
-    straight, resumed = runs[name]
+    straight, resumed, _ = runs[name]
     a = load_checkpoint(Path(straight["out-dir"]))
     b = load_checkpoint(Path(resumed["out-dir"]))
     assert a.server_round == b.server_round == 4
@@ -69,7 +74,7 @@ def test_resumed_run_ends_with_the_same_model(runs, name):
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_resumed_run_has_the_same_history(runs, name):
-    straight, resumed = (_results(v) for v in runs[name])
+    straight, resumed, _ = (_results(v) for v in runs[name])
     assert resumed["resumed_at"] == [3] and straight["resumed_at"] == []
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
     for a, b in zip(straight["rounds"], resumed["rounds"], strict=True):
@@ -77,6 +82,24 @@ def test_resumed_run_has_the_same_history(runs, name):
         assert a["train"] == pytest.approx(b["train"], abs=1e-6)
     assert [e["round"] for e in resumed["evaluation"]] == [2, 4]
     assert resumed["test"] == pytest.approx(straight["test"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_test_curve_leaves_the_run_unchanged(runs, name):
+    """``test-every = 1``: every node is tested after each round, the last point is the
+    final test, and training, validation and the final test are those of a run without."""
+    straight, _, curve = runs[name]
+    a, b = load_checkpoint(Path(straight["out-dir"])), load_checkpoint(Path(curve["out-dir"]))
+    for key in a.arrays:
+        np.testing.assert_array_equal(b.arrays[key], a.arrays[key])  # bit for bit
+    plain, tested = _results(straight), _results(curve)
+    assert "test_curve" not in plain
+    assert [p["round"] for p in tested["test_curve"]] == [1, 2, 3, 4]
+    assert tested["test_curve"][-1] == {"round": 4, **tested["test"]}
+    assert tested["test"] == plain["test"] and tested["evaluation"] == plain["evaluation"]
+    samples = {p["samples"] for p in tested["test_curve"]}
+    assert samples == {plain["test"]["samples"]}  # every node, every time
+    assert len({p["mrr"] for p in tested["test_curve"]}) > 1  # the model changes
 
 
 def test_checkpoint_is_written_atomically_and_reads_back(tmp_path):

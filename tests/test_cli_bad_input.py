@@ -314,6 +314,8 @@ BAD_OPTIONS = [
     ("set-bad-int", [*SIMULATE, "--out", "{out}", "--set", "num-rounds=many"], "expected int"),
     ("set-bad-float", [*SIMULATE, "--out", "{out}", "--set", "lr=fast"], "expected float"),
     ("set-zero-rounds", [*SIMULATE, "--out", "{out}", "--set", "num-rounds=0"], "must be >= 1"),
+    ("set-test-every", [*SIMULATE, "--out", "{out}", "--set", "test-every=-1"], "'test-every'"),
+    ("test-every-option", [*SIMULATE, "--out", "{out}", "--test-every", "0"], "integer >= 1"),
     ("set-fraction", [*SIMULATE, "--out", "{out}", "--set", "fraction-train=2"], "(0, 1]"),
     ("set-negative-lr", [*SIMULATE, "--out", "{out}", "--set", "lr=-1"], "learning rate"),
     ("set-optimizer", [*SIMULATE, "--out", "{out}", "--set", "optimizer=rms"], "optimizer"),

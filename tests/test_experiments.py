@@ -93,7 +93,9 @@ def test_bad_config_exits_2(tmp_path: Path, capsys) -> None:
     assert "missing field 'seeds'" in capsys.readouterr().err
 
 
-def _fake_federated(out: Path, acc: float, rounds: list[float], breakdown: bool = False) -> None:
+def _fake_federated(
+    out: Path, acc: float, rounds: list[float], breakdown: bool = False, curve: bool = False
+) -> None:
     out.mkdir(parents=True)
     test = {"acc@1": acc, "acc@5": acc + 0.2, "acc@10": acc + 0.3, "mrr": acc + 0.1}
     test |= {"ndcg@10": acc + 0.15, "samples": 10}
@@ -109,6 +111,8 @@ def _fake_federated(out: Path, acc: float, rounds: list[float], breakdown: bool 
         "evaluation": evaluation,
         "timings_s": {"rounds": rounds, "total": sum(rounds)},
     }
+    if curve:  # test of every client after round 1, then the final test
+        result["test_curve"] = [{"round": 1, "acc@1": acc / 2, "mrr": acc}, {"round": 2, **test}]
     (out / "results.json").write_text(json.dumps(result), encoding="utf-8")
     (out / "predictions.csv").write_text(
         "user_id,target,rank\n1,5,1\n1,6,3\n2,5,2\n", encoding="utf-8"
@@ -153,6 +157,26 @@ def test_report_adds_the_return_and_new_place_table_when_runs_have_it(
     summary = list(csv.DictReader((out / "small" / "summary.csv").open()))
     assert [s["new-mrr"] for s in summary][0] == "nan"
     assert float(summary[1]["new-mrr"]) == pytest.approx(0.03)
+
+
+def test_report_adds_test_curves_when_runs_have_them(small_config: Path, tmp_path: Path) -> None:
+    config = load_config(small_config)
+    out = tmp_path / "out"
+    accs = {0: 0.2, 1: 0.4}
+    for run in plan(config, out, methods=["fedavg"]):
+        _fake_federated(run.out_dir, accs[run.seed], [1.0, 2.0], curve=run.variant.endswith("0.5"))
+    figures = tmp_path / "figures"
+    table = write_report(config, out, figures=figures)
+    _, _, curves = table.partition("**Test Acc@1 / MRR of every client by round**")
+    assert "| method | round 1 | round 2 |" in curves
+    rows = [line for line in curves.splitlines() if line.startswith("| FedAvg")]
+    assert rows == ["| FedAvg (synthetic-extreme-fraction=0.5) | 0.1500 ± 0.0707 / 0.3000 | "
+                    "0.3000 ± 0.1414 / 0.4000 |"]  # fmt: skip
+    assert "test_curves.png" in {p.name for p in figures.iterdir()}
+    for run in plan(config, out, methods=["fedavg"]):  # no run with a curve: no table, no plot
+        _fake_federated(tmp_path / "plain" / run.out_dir.relative_to(out), 0.3, [1.0])
+    assert "by round" not in write_report(config, tmp_path / "plain")
+    assert not (tmp_path / "plain" / "small" / "test_curves.png").exists()
 
 
 def test_markdown_table_bolds_the_best_mean() -> None:
