@@ -37,23 +37,29 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curve_points(
-    runs: list[PlannedRun], history: str, metric: str = "acc@1"
-) -> dict[str, dict[int, list[float]]]:
-    """``label -> round -> [metric per seed]`` from each federated run's ``history`` list in
+def curve_points(runs: list[PlannedRun], history: str) -> dict[str, dict[int, list[dict]]]:
+    """``label -> round -> [point per seed]`` from each federated run's ``history`` list in
     results.json (``evaluation``: validation of sampled clients; ``test_curve``: test of
-    every client)."""
-    series: dict[str, dict[int, list[float]]] = {}
+    every client); a point is the recorded metrics dict."""
+    series: dict[str, dict[int, list[dict]]] = {}
     for run in runs:
         if run.method.kind != "federated":
             continue
         result = json.loads(run.result_file.read_text(encoding="utf-8"))
         label = run.method.label + (f" ({run.variant})" if run.variant else "")
         for point in result.get(history) or []:
-            series.setdefault(label, {}).setdefault(int(point["round"]), []).append(
-                float(point[metric])
-            )
+            series.setdefault(label, {}).setdefault(int(point["round"]), []).append(point)
     return series
+
+
+def _values(
+    series: dict[str, dict[int, list[dict]]], metric: str
+) -> dict[str, dict[int, list[float]]]:
+    """One metric of every point of ``series``."""
+    return {
+        label: {r: [float(p[metric]) for p in points] for r, points in by_round.items()}
+        for label, by_round in series.items()
+    }
 
 
 def _plot_series(series: dict[str, dict[int, list[float]]], ylabel: str, path: Path) -> Path:
@@ -73,13 +79,13 @@ def _plot_series(series: dict[str, dict[int, list[float]]], ylabel: str, path: P
 
 def plot_curves(runs: list[PlannedRun], path: Path) -> Path | None:
     """Validation Acc@1 per round, one line per federated method (and sweep value)."""
-    series = curve_points(runs, "evaluation")
+    series = _values(curve_points(runs, "evaluation"), "acc@1")
     return _plot_series(series, "validation Acc@1 (sampled clients)", path) if series else None
 
 
 def plot_test_curves(runs: list[PlannedRun], path: Path) -> Path | None:
     """Test Acc@1 of every client per round (runs with ``test-every``)."""
-    series = curve_points(runs, "test_curve")
+    series = _values(curve_points(runs, "test_curve"), "acc@1")
     return _plot_series(series, "test Acc@1 (every client)", path) if series else None
 
 

@@ -153,24 +153,24 @@ def test_curve_table(config: ExperimentConfig, out_root: Path) -> str:
     with a test curve (``test-every``); "" when none has one."""
     from experiments.plots import curve_points
 
-    runs = [r for r in plan(config, out_root) if r.done]
-    acc, mrr = curve_points(runs, "test_curve"), curve_points(runs, "test_curve", "mrr")
-    if not acc:
+    curves = curve_points([r for r in plan(config, out_root) if r.done], "test_curve")
+    if not curves:
         return ""
-    rounds = sorted({r for points in acc.values() for r in points})
+    rounds = sorted({r for by_round in curves.values() for r in by_round})
     lines = [
         "**Test Acc@1 / MRR of every client by round** (mean ± std over seeds)",
         "",
         "| method | " + " | ".join(f"round {r}" for r in rounds) + " |",
         "|" + "---|" * (len(rounds) + 1),
     ]
-    for label, points in acc.items():
+    for label, by_round in curves.items():
         cells = [label]
         for r in rounds:
-            if r not in points:
+            if r not in by_round:
                 cells.append("–")
                 continue
-            a, m = points[r], mrr[label][r]
+            a = [float(p["acc@1"]) for p in by_round[r]]
+            m = [float(p["mrr"]) for p in by_round[r]]
             std = float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
             cells.append(f"{np.mean(a):.4f} ± {std:.4f} / {np.mean(m):.4f}")
         lines.append("| " + " | ".join(cells) + " |")
