@@ -4,6 +4,8 @@
   state, train locally with the strategy's client side (:mod:`client.local_training`),
   reply with the trained shared arrays, ``"metrics"`` (``num-examples``, ``train-loss``,
   ``steps``) and, for SCAFFOLD, ``"control-delta"``. Local-only replies with metrics only.
+  Under secure aggregation (config ``secure-sum-config``) the arrays stay on the client
+  and the reply carries its public keys instead; the secure-sum stages follow.
 * ``evaluate``: rank the client's own samples of config ``split`` (``validation`` or
   ``test``); reply with the additive sums of :class:`fedgeo.metrics.MetricSums` plus
   ``num-examples``, so the server micro-averages exactly. With ``return-ranks`` = 1
@@ -14,6 +16,9 @@
   ``clipping_norm`` (docs/privacy.md).
 * On a device (node config ``agent-dir``) the global arrays of ``train`` and ``evaluate``
   are also kept as the agent's latest global model (:mod:`client.agent.device_state`).
+* ``query.population``: one stage of the population prior's federated analytics: the
+  client's contribution in the clear, or one of the four secure-summation stages
+  (:mod:`client.population`).
 * ``query``: reply with the data profile (``checkins``, ``distinct_places``, ``entropy``,
   ``radius_of_gyration_km``), Laplace-noised when ``profile-ldp-epsilon`` > 0, and the
   client key (partition id; -1 on a device).
@@ -65,8 +70,10 @@ from client.local_training import (
     train,
     train_config,
 )
+from client.population import handle_stage, start_secure_update, with_population
 from client.state import ClientStateStore
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE, DataError, TooLittleData
+from fedgeo.message_keys import SECURE_SUM_ACTION, SECURE_SUM_CONFIG, STAGE_OUT
 
 PROFILE = "profile"
 """Reply MetricRecord of a query."""
@@ -74,6 +81,7 @@ CLIENT_KEY = "client-key"
 """Query reply metric: the partition id of a simulated client, -1 on a device."""
 ERROR_CODE = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError, InjectedFailure)
+"""SecureSumError and ContributionError are ValueErrors: a bad stage is an error reply."""
 
 app = ClientApp()
 
@@ -95,6 +103,14 @@ def _config(message: Message) -> dict:
 
 def _source(message: Message, context: Context) -> ClientSource:
     return client_source(dict(context.node_config), _config(message), context.node_id)
+
+
+def _local_model(message: Message, config: dict, source: ClientSource):
+    """The instruction's model; with the population prior when the model uses it."""
+    local = local_model(source, config)
+    if local.model.config.population_prior:
+        local.features = with_population(local.features, message, source, config)
+    return local
 
 
 def _store(config: dict, context: Context, source: ClientSource) -> ClientStateStore:
@@ -133,7 +149,7 @@ def handle_train(message: Message, context: Context) -> Message:
     """Local training on the client's own data."""
     config = _config(message)
     source = _source(message, context)
-    local = local_model(source, config)
+    local = _local_model(message, config, source)
     instructions = TrainInstructions.from_content(message.content)
     server_round = int(config.get(SERVER_ROUND, 0))
     store = _store(config, context, source)
@@ -153,7 +169,11 @@ def handle_train(message: Message, context: Context) -> Message:
             config, global_arrays, outcome.arrays, run_seed, server_round, source.key
         )
     content = RecordDict({METRICS: MetricRecord(outcome.metrics)})
-    if outcome.arrays is not None:
+    if outcome.arrays is not None and SECURE_SUM_CONFIG in config:
+        # Secure aggregation: the update stays here until the masked stage.
+        examples = int(outcome.metrics["num-examples"])
+        content[STAGE_OUT] = start_secure_update(message, context, outcome.arrays, examples)
+    elif outcome.arrays is not None:
         content[ARRAYS] = _record(outcome.arrays)
     if outcome.control_delta is not None:
         content[CONTROL_DELTA] = _record(outcome.control_delta)
@@ -166,7 +186,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     """Ranking metrics of the client's own validation or test samples."""
     config = _config(message)
     source = _source(message, context)
-    local = local_model(source, config)
+    local = _local_model(message, config, source)
     server_round = int(config.get(SERVER_ROUND, 0))
     state = _store(config, context, source).load(server_round, inclusive=True)
     split = str(config.get(SPLIT, "validation"))
@@ -207,3 +227,11 @@ def handle_query(message: Message, context: Context) -> Message:
         profile = privatize(profile, epsilon, float(config.get(LDP_RADIUS_KM, 50.0)), rng)
     metrics = {**profile, CLIENT_KEY: source.key if source.simulated else -1}
     return Message(RecordDict({PROFILE: MetricRecord(metrics)}), reply_to=message)
+
+
+@app.query(SECURE_SUM_ACTION)
+@_safely
+def handle_population(message: Message, context: Context) -> Message:
+    """One stage of the population prior's federated analytics (client.population)."""
+    source = _source(message, context)
+    return Message(handle_stage(message, context, source), reply_to=message)

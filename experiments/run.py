@@ -134,7 +134,14 @@ def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
             patience=int(options.get("patience", 3)),
             seed=run.seed,
         )
-        return run_centralized(dataset, model, train, out_dir=run.out_dir, prior_k=rc.prior.k)
+        return run_centralized(
+            dataset,
+            model,
+            train,
+            out_dir=run.out_dir,
+            prior_k=rc.prior.k,
+            population=rc.population,
+        )
     from fedgeo.baselines import evaluate_predictor, make_predictor
     from fedgeo.results import write_metrics_json
 

@@ -6,8 +6,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedgeo.data.dataset import Dataset
 from fedgeo.models import ModelConfig, SampleIndex, build_model
+from fedgeo.population import (
+    CandidateIndex,
+    PopulationConfig,
+    PopulationFeatures,
+    PopulationPrior,
+    plain_sum,
+)
 from fedgeo.results import write_metrics_json, write_predictions_csv
 from fedgeo.training import TrainConfig, evaluate, fit
 
@@ -19,6 +28,7 @@ def run_centralized(
     *,
     out_dir: str | Path | None = None,
     prior_k: int = 10,
+    population: PopulationConfig | None = None,
     progress: bool = False,
     extra_timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -36,8 +46,17 @@ def run_centralized(
         else None
     )
     timings["prior_s"] = time.perf_counter() - t0
+    population_features = None
+    if model_config.population_prior:
+        population = population or PopulationConfig()
+        population_features = build_population(dataset, population, seed=train_config.seed)
     model, features = build_model(
-        dataset.num_places, len(dataset.users), model_config, prior, seed=train_config.seed
+        dataset.num_places,
+        len(dataset.users),
+        model_config,
+        prior,
+        seed=train_config.seed,
+        population=population_features,
     )
     model.to(train_config.device)
     result = fit(model, features, dataset.users, train_config, progress=progress)
@@ -58,6 +77,7 @@ def run_centralized(
         "dataset": dataset.name,
         "protocol": dataset.protocol,
         "model": model_config.to_dict(),
+        "population": population.to_dict() if model_config.population_prior else None,
         "training": train_config.to_dict(),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
@@ -71,3 +91,17 @@ def run_centralized(
         targets = dataset.places.ids[test.targets]
         write_predictions_csv(out_dir, user_ids, targets, test.ranks)
     return summary
+
+
+def build_population(
+    dataset: Dataset, config: PopulationConfig, *, seed: int = 0
+) -> PopulationFeatures:
+    """The population prior of all users, summed in one place (the federation sums the
+    same vectors securely), with the DP noise of ``config`` drawn from ``seed``."""
+    index = CandidateIndex(dataset.places, config.candidates)
+    total = plain_sum(dataset.users, index, config)
+    sigma = config.noise_std(releases=1)
+    if sigma > 0:
+        total = total + np.random.default_rng([seed, 0x504F50]).normal(0.0, sigma, total.shape)
+    prior = PopulationPrior.from_sum(total, index, len(dataset.users))
+    return PopulationFeatures(prior, index, config, dataset.users)

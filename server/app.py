@@ -27,7 +27,9 @@ from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import AdjacencyPrior
+from fedgeo.message_keys import POPULATION_CONFIG
 from fedgeo.models import build_model
+from fedgeo.population import CandidateIndex
 from server.loop import Federation, Setup
 from server.run_config import RunConfig
 
@@ -90,6 +92,10 @@ def prepare(config: RunConfig) -> Setup:
         "model": model_config.to_dict(),
     }
     setup = Setup(config, arrays, instruction, describe=describe)
+    if model_config.population_prior:
+        setup.population_index = CandidateIndex(places, config.population.candidates)
+        instruction[POPULATION_CONFIG] = json.dumps(config.population.to_dict(), sort_keys=True)
+        describe["population"] = {"config": config.population.to_dict(), "releases": []}
     if dataset is not None:
         setup.expected_nodes = len(dataset.users)
         setup.user_ids = [u.user_id for u in dataset.users]

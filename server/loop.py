@@ -48,7 +48,9 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.strategy import Strategy
 
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE
+from fedgeo.message_keys import POPULATION_PRIOR
 from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums
+from fedgeo.population import CandidateIndex, PopulationPrior
 from server.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -57,8 +59,10 @@ from server.checkpoint import (
     save_checkpoint,
     write_results,
 )
+from server.population_round import build_release
 from server.privacy import PrivacyLedger, unwrap
 from server.run_config import RunConfig
+from server.secure_aggregation import secure_mean, secure_train_messages
 from server.strategies import build_strategy, restore_strategy_state, seed_round, strategy_state
 from server.validation import split_valid
 
@@ -69,6 +73,8 @@ CLIENT_KEY = "client-key"
 SPLIT = "split"
 RETURN_RANKS = "return-ranks"
 SERVER_ROUND = "server-round"
+POPULATION_FILE = "population.npz"
+"""The latest population prior, in the run's out-dir (read back on resume)."""
 PULL_INTERVAL = 0.05
 SETTLE_S = 3.0
 
@@ -158,6 +164,8 @@ class Setup:
     """Simulation: user id of each partition (for research-mode predictions)."""
     place_ids: np.ndarray | None = None
     """Simulation: original id of each dense place index."""
+    population_index: CandidateIndex | None = None
+    """The population prior's public index space (when the model uses the prior)."""
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -364,6 +372,8 @@ class Federation:
         self.stop = stop
         self.strategy = build_strategy(self.cfg.strategy, self.cfg.values, seed=self.cfg.seed)
         self.privacy = PrivacyLedger.from_values(self.cfg.values)
+        self.population: ArrayRecord | None = None
+        """The population prior sent with every train and evaluate instruction."""
         self.final_arrays: dict[str, np.ndarray] | None = None
         """The global arrays at the end of :meth:`run`."""
         self.test_failures = 0
@@ -411,8 +421,12 @@ class Federation:
             previous=results.get("privacy"),
         )
         results["privacy"] = self.privacy.summary()
+        if self.setup.population_index is not None and start > 1:
+            self._load_population(view, start, results)
         paused = yield from _pause(results)
         for server_round in range(start, cfg.num_rounds + 1):
+            if self.setup.population_index is not None:
+                self._refresh_population(view, server_round, results)
             record, arrays = self._round(view, server_round, arrays)
             results["rounds"].append(record)
             if record.get("evaluate"):
@@ -511,13 +525,19 @@ class Federation:
         cfg, strategy = self.cfg, self.strategy
         seed_round(cfg.seed, server_round)
         config = self.instruction(server_round)
-        messages = list(strategy.configure_train(server_round, arrays, config, view))
+        messages = self._attach(strategy.configure_train(server_round, arrays, config, view))
         sampled = sorted(int(m.metadata.dst_node_id) for m in messages)
+        session = f"{cfg.run_key()}-train-{server_round}"
+        if cfg.secure_aggregation:
+            secure_train_messages(messages, sampled, session, seed=[cfg.seed, server_round])
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout) if messages else []
         good, errors, too_small = _split(replies)
         for reason in too_small:
             logger.info("round %d: client skipped: %s", server_round, reason)
-        good, rejected = split_valid(good, to_numpy(arrays), float(cfg["max-update-norm"]))
+        if cfg.secure_aggregation:
+            good, rejected = good, []
+        else:
+            good, rejected = split_valid(good, to_numpy(arrays), float(cfg["max-update-norm"]))
         record: dict[str, Any] = {
             "round": server_round,
             "replies": len(good),
@@ -533,6 +553,19 @@ class Federation:
         }
         if len(good) < int(cfg["min-replies"]):
             record["skipped"] = f"{len(good)} good replies, need {cfg['min-replies']}"
+        elif cfg.secure_aggregation:
+            new_arrays, record["train"], record["secure_sum"] = secure_mean(
+                lambda ms: view.send_and_receive(ms, timeout=cfg.round_timeout),
+                good,
+                self.setup.arrays,
+                session,
+                self.instruction(server_round),
+                seed=[cfg.seed, server_round],
+            )
+            if new_arrays is None:
+                record["skipped"] = f"secure aggregation failed: {record['secure_sum']['errors']}"
+            else:
+                arrays = to_record(new_arrays)
         else:
             try:
                 new_arrays, metrics = strategy.aggregate_train(server_round, good)
@@ -553,7 +586,9 @@ class Federation:
     def _evaluate(self, view: NodeView, server_round: int, arrays: ArrayRecord) -> dict | None:
         seed_round(self.cfg.seed, server_round)
         config = self.instruction(server_round, **{SPLIT: "validation"})
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, view))
+        messages = self._attach(
+            self.strategy.configure_evaluate(server_round, arrays, config, view)
+        )
         if not messages:
             return None
         replies = view.send_and_receive(messages, timeout=self.cfg.round_timeout)
@@ -583,7 +618,9 @@ class Federation:
         content = (
             template[0].content if template else RecordDict({"arrays": arrays, "config": config})
         )
-        messages = [Message(content, node, "evaluate") for node in view.get_node_ids()]
+        messages = self._attach(
+            Message(content, node, "evaluate") for node in view.get_node_ids()
+        )
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout)
         good, errors, too_small = _split(replies)
         for error in errors:
@@ -594,6 +631,63 @@ class Federation:
         if predictions and good:
             self._write_predictions(good)
         return dict(micro_average([m.content for m in good]))
+
+    def _attach(self, messages: Iterable[Message]) -> list[Message]:
+        """The messages, each carrying the population prior when there is one."""
+        messages = list(messages)
+        if self.population is not None:
+            for message in messages:
+                message.content[POPULATION_PRIOR] = self.population
+        return messages
+
+    def _refresh_population(
+        self, view: NodeView, server_round: int, results: dict[str, Any]
+    ) -> None:
+        """Build the population prior before the rounds that call for it."""
+        if server_round in self.cfg.population.release_rounds(self.cfg.num_rounds):
+            self._build_population(view, server_round, results)
+
+    def _build_population(self, view: NodeView, server_round: int, results: dict[str, Any]):
+        """One release of the population prior (server.population_round)."""
+        settings = self.cfg.population
+        prior, info = build_release(
+            lambda messages: view.send_and_receive(messages, timeout=self.cfg.round_timeout),
+            view.get_node_ids(),
+            settings,
+            self.setup.population_index,
+            self.instruction(server_round),
+            release=server_round,
+            releases=settings.releases(self.cfg.num_rounds),
+            seed=self.cfg.seed,
+            run_key=self.cfg.run_key(),
+        )
+        results.setdefault("population", {}).setdefault("releases", []).append(info)
+        logger.info(
+            "population prior (round %d): %d contributors, %s transitions, %.1f s",
+            server_round,
+            info["contributors"],
+            info.get("transitions", 0),
+            info["seconds"],
+        )
+        if prior is None:
+            logger.warning("population prior not built: %s", info.get("errors"))
+            return
+        arrays = prior.to_arrays()
+        np.savez(self.cfg.out_dir / POPULATION_FILE, **arrays)
+        self.population = to_record(arrays)
+
+    def _load_population(self, view: NodeView, start: int, results: dict[str, Any]) -> None:
+        """On resume: the prior the run had built (or a new one when it is missing)."""
+        path = self.cfg.out_dir / POPULATION_FILE
+        if path.exists():
+            with np.load(path) as saved:
+                arrays = {k: saved[k] for k in saved.files}
+            PopulationPrior.from_arrays(arrays)  # checks it
+            self.population = to_record(arrays)
+            return
+        logger.warning("resume: no %s; building the population prior again", path)
+        rounds = self.cfg.population.release_rounds(self.cfg.num_rounds)
+        self._build_population(view, max(r for r in rounds if r < start), results)
 
     def _write_predictions(self, replies: list[Message]) -> None:
         from fedgeo.results import write_predictions_csv

@@ -27,6 +27,7 @@ from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import PriorConfig
 from fedgeo.message_keys import SCAFFOLD_CONTROLS
 from fedgeo.models import ModelConfig
+from fedgeo.population import PopulationConfig
 from server.strategies.registry import PARAMETERS, build_strategy, coerce
 
 Scalar = bool | int | float | str
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Scalar] = {
     "round-timeout": 0.0,
     "min-replies": 1,
     "max-update-norm": 0.0,
+    "secure-aggregation": False,
     # simulation-only fault and attack injection (client/faults.py)
     "inject-failure-fraction": 0.0,
     "inject-attack-fraction": 0.0,
@@ -117,6 +119,17 @@ DEFAULTS: dict[str, Scalar] = {
     "model-prior-score-places": "new",
     "model-return-score": True,
     "model-return-bias": 4.0,
+    "model-population-prior": False,
+    # population prior: federated analytics (fedgeo.population, server.population_round)
+    "population-candidates": 50,
+    "population-max-places": 64,
+    "population-max-transitions": 64,
+    "population-dp-epsilon": 0.0,
+    "population-dp-delta": 1e-05,
+    "population-refresh": 0,
+    "population-secure-sum": True,
+    "population-cohort-size": 100,
+    "population-neighbours": 10,
     # privacy of the data profile
     "profile-ldp-epsilon": 0.0,
     "profile-ldp-radius-km": 50.0,
@@ -134,8 +147,12 @@ SECTIONS: dict[str, type] = {
     "protocol-": ProtocolConfig,
     "synthetic-": SyntheticConfig,
     "prior-": PriorConfig,
+    "population-": PopulationConfig,
 }
 """Key prefix -> settings dataclass whose fields the prefixed keys set."""
+
+SECURE_AGGREGATION_STRATEGIES = ("fedavg", "fedprox")
+"""Strategies whose aggregate is the example-weighted mean, which a secure sum computes."""
 
 RESUMABLE_CHANGES = frozenset(
     {
@@ -249,8 +266,23 @@ class RunConfig:
                 f"run-config 'scaffold-control' must be one of {', '.join(SCAFFOLD_CONTROLS)}, "
                 f"got {config.values['scaffold-control']!r}"
             )
+        if config.secure_aggregation:
+            problems = []
+            if config.strategy not in SECURE_AGGREGATION_STRATEGIES:
+                problems.append(
+                    f"strategy {config.strategy!r} (it needs a plain mean: "
+                    f"{', '.join(SECURE_AGGREGATION_STRATEGIES)})"
+                )
+            if str(config.values["dp"]).strip().lower() != "none":
+                problems.append("dp (the server would have to clip each update)")
+            if float(config.values["max-update-norm"]) > 0:
+                problems.append("max-update-norm (the server cannot see an update's norm)")
+            if problems:
+                raise ValueError(
+                    "run-config 'secure-aggregation' cannot be used with " + "; ".join(problems)
+                )
         # Build every settings object once, so that a bad value fails here.
-        _ = (config.model, config.protocol, config.prior, config.synthetic)
+        _ = (config.model, config.protocol, config.prior, config.synthetic, config.population)
         if str(config.values["dp"]).strip().lower() != "none":
             # DP settings and their fit with the strategy fail here, before any node starts.
             build_strategy(config.strategy, config.values, seed=config.seed)
@@ -293,6 +325,16 @@ class RunConfig:
     @property
     def model(self) -> ModelConfig:
         return ModelConfig.from_dict(_section(self.values, "model-"))
+
+    @property
+    def secure_aggregation(self) -> bool:
+        """Model updates are summed by secure summation (mean strategies only)."""
+        return bool(self.values["secure-aggregation"])
+
+    @property
+    def population(self) -> PopulationConfig:
+        """Population prior settings (used when ``model-population-prior`` is on)."""
+        return PopulationConfig(**_section(self.values, "population-"))
 
     @property
     def protocol(self) -> ProtocolConfig:

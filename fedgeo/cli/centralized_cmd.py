@@ -85,6 +85,35 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prior-k", type=positive_int, default=10, help="neighbours per place in the prior"
     )
+    group.add_argument(
+        "--population-prior",
+        action="store_true",
+        help="score places by what other users do (population prior, docs/model.md)",
+    )
+    group.add_argument(
+        "--population-candidates",
+        type=positive_int,
+        default=None,
+        help="transitions counted towards each place's nearest N places (default 50)",
+    )
+    group.add_argument(
+        "--population-epsilon",
+        type=float,
+        default=0.0,
+        help="user-level DP epsilon of the population counts (default 0: no noise)",
+    )
+
+
+def population_config_from_args(args: argparse.Namespace):
+    """The population prior's settings, or None when it is off."""
+    if not args.population_prior:
+        return None
+    from fedgeo.population import DEFAULT_CANDIDATES, PopulationConfig
+
+    return PopulationConfig(
+        candidates=args.population_candidates or DEFAULT_CANDIDATES,
+        dp_epsilon=args.population_epsilon,
+    )
 
 
 def model_config_from_args(args: argparse.Namespace):
@@ -111,6 +140,7 @@ def model_config_from_args(args: argparse.Namespace):
         personal_memory=not args.no_personal_memory,
         user_embedding=not args.no_user_embedding,
         training_memory=args.training_memory,
+        population_prior=bool(args.population_prior),
     )
     return cfg.without_prior() if args.no_prior else cfg
 
@@ -136,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         train_cfg,
         out_dir=args.out,
         prior_k=args.prior_k,
+        population=population_config_from_args(args),
         progress=not args.no_progress,
         extra_timings={"load_s": load_s},
     )

@@ -115,6 +115,11 @@ def check_coordinates(latitude: Any, longitude: Any) -> tuple[np.ndarray, np.nda
     return lat, lon
 
 
+def nearest_places(lat: np.ndarray, lon: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each place's ``k`` nearest other places and their distances in km (see :func:`_knn`)."""
+    return _knn(*check_coordinates(lat, lon), min(k, max(len(lat) - 1, 0)))
+
+
 def _knn(lat: np.ndarray, lon: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(neighbors int64, distances_km float32)``, both ``(L, k)``, self excluded.
 

@@ -10,6 +10,7 @@ from fedgeo.models.next_location import NextLocationModel
 
 if TYPE_CHECKING:
     from fedgeo.geo.prior import AdjacencyPrior
+    from fedgeo.population import PopulationFeatures
 
 
 def build_model(
@@ -19,11 +20,14 @@ def build_model(
     prior: AdjacencyPrior | None = None,
     *,
     seed: int = 0,
+    population: PopulationFeatures | None = None,
 ) -> tuple[NextLocationModel, FeatureBuilder]:
     """A seeded model and the matching feature builder.
 
     ``prior`` is required when any ``prior_*`` switch of ``config`` is on; the same
-    prior (and seed) always gives the same initial parameters.
+    prior (and seed) always gives the same initial parameters. ``population`` feeds the
+    population score (``config.population_prior``); it can also be set later on the
+    feature builder (``features.population``), as a federation does once it is built.
     """
     import torch
 
@@ -40,5 +44,7 @@ def build_model(
     matrix = prior.torch_sparse() if (prior is not None and cfg.prior_propagation) else None
     torch.manual_seed(seed)
     model = NextLocationModel(num_places, num_users, cfg, matrix, embedding)
-    features = FeatureBuilder(num_places, cfg, prior.matrix if prior is not None else None)
+    features = FeatureBuilder(
+        num_places, cfg, prior.matrix if prior is not None else None, population
+    )
     return model, features

@@ -16,6 +16,7 @@ OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "return_score": False,
     "prior_gate_bias": 0.0,
     "prior_score_places": "all",
+    "population_prior": False,
 }
 """What a stored configuration that lacks these options meant: it was written before they
 existed (:meth:`ModelConfig.from_dict`). The first three came in stop 11 (a config without
@@ -77,6 +78,12 @@ class ModelConfig:
     memory, freq = 0: the prior orders the places a user may explore and leaves the
     ranking of the visited ones to the personal memory; without ``personal_memory`` no
     place is known as visited, so it lifts all) or ``"all"`` (every place; stop 11)."""
+
+    population_prior: bool = False
+    """Add context-gated scores from the population prior (:mod:`fedgeo.population`):
+    how many *other* users moved from the last place to each place, and how many visited
+    it, each split into places the user has and has not visited. The gates start at zero,
+    so the untrained model is unchanged; the counts come from federated analytics."""
 
     def __post_init__(self) -> None:
         if self.training_memory not in TRAINING_MEMORIES:

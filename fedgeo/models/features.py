@@ -30,11 +30,15 @@ import torch
 
 from fedgeo.data.dataset import UserData
 from fedgeo.models.config import ModelConfig
+from fedgeo.population import PopulationFeatures
 
 HOURS_PER_WEEK = 168
 SLOT_HOURS = 4
 RECENCY_DECAY = 0.8
 MEMORY_FEATURES = ("freq", "trans", "slot", "recency")
+POPULATION_FEATURES = ("trans-visited", "trans-new", "visitors-visited", "visitors-new")
+"""The population scores: others' transitions out of the last place and others' visits,
+each on the places the user has visited and on the others."""
 FREQ = MEMORY_FEATURES.index("freq")
 """Index of the visit counts in a batch's ``memory``."""
 # 1970-01-01 was a Thursday: shift so that hour-of-week 0 is Monday 00:00.
@@ -90,9 +94,11 @@ class FeatureBuilder:
         num_places: int,
         config: ModelConfig,
         prior_matrix: sp.csr_matrix | None = None,
+        population: PopulationFeatures | None = None,
     ) -> None:
         self.num_places = num_places
         self.config = config
+        self.population = population
         self.prior_rows: sp.csr_matrix | None = None
         if prior_matrix is not None and config.prior_score:
             rows = sp.csr_matrix(prior_matrix, dtype=np.float32)
@@ -156,6 +162,16 @@ class FeatureBuilder:
                     win_pos_c,
                     train_end,
                 )
+            )
+        if cfg.population_prior and self.population is not None:
+            trans, visitors = self.population.rows(users, last_place)
+            if cfg.personal_memory:
+                seen = (out["memory"][:, FREQ] > 0).numpy().astype(np.float32)
+            else:
+                seen = np.zeros_like(trans)
+            new = 1.0 - seen
+            out["population"] = torch.from_numpy(
+                np.stack([trans * seen, trans * new, visitors * seen, visitors * new], axis=1)
             )
         if self.prior_rows is not None:
             out["prior_row"] = torch.from_numpy(self.prior_rows[last_place].toarray())

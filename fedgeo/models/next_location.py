@@ -10,6 +10,7 @@ Scores over all ``L`` places for a batch built by :class:`~fedgeo.models.feature
             + sum_f softplus(G_f q + c_f) * M_f[l]                  personal memory (on device)
             + (G_r q + c_r) * 1[freq[l] > 0]                         return score (optional)
             + softplus(G_a q + c_a) * A_row(last)[l]                 prior score
+            + sum_f (G_p q + c_p)_f * P_f[l]                          population score (optional)
 
 Parameter names starting with ``user_embedding`` are personal: a federation never
 sends them (see :meth:`NextLocationModel.shared_state`). The adjacency ``A`` is a
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from fedgeo.models.config import ModelConfig
-from fedgeo.models.features import FREQ, HOURS_PER_WEEK, MEMORY_FEATURES
+from fedgeo.models.features import FREQ, HOURS_PER_WEEK, MEMORY_FEATURES, POPULATION_FEATURES
 
 PERSONAL_PREFIXES = ("user_embedding.",)
 
@@ -87,6 +88,10 @@ class NextLocationModel(nn.Module):
             self.prior_gate = nn.Linear(gate_in, 1)
             nn.init.zeros_(self.prior_gate.weight)
             nn.init.constant_(self.prior_gate.bias, cfg.prior_gate_bias)
+        if cfg.population_prior:
+            self.population_gate = nn.Linear(gate_in, len(POPULATION_FEATURES))
+            nn.init.zeros_(self.population_gate.weight)
+            nn.init.zeros_(self.population_gate.bias)
         if prior_matrix is not None and cfg.prior_propagation:
             self.register_buffer("prior_matrix", prior_matrix.coalesce(), persistent=False)
         else:
@@ -139,6 +144,9 @@ class NextLocationModel(nn.Module):
             if self.config.return_score:
                 seen = (batch["memory"][:, FREQ] > 0).to(scores.dtype)
                 scores = scores + self.return_gate(context) * seen
+        if self.config.population_prior and "population" in batch:
+            gates = self.population_gate(context)
+            scores = scores + torch.einsum("bf,bfl->bl", gates, batch["population"])
         if self.config.prior_score and "prior_row" in batch:
             gate = nn.functional.softplus(self.prior_gate(context))
             prior_row = batch["prior_row"]
