@@ -5,7 +5,7 @@ new-place target again among the places its user had not visited (the new-place
 metrics). This script times, on the same batches, each part of one evaluation: building
 the features, the model's forward pass, the overall ranking, the per-sample visited mask
 and the second ranking of the new-place rows; and, beside them, the second ranking as it
-was until stop 13 (every row ranked again, returns included). Two batchings are timed:
+was before (every row ranked again, returns included). Two batchings are timed:
 the whole split in batches of 512 (the centralized trainer) and one batch per user (what
 each client does in a federation).
 
@@ -33,11 +33,11 @@ from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
 from fedgeo.training import _visited  # noqa: E402
 
 PARTS = ("features", "forward", "rank all places", "visited mask", "rank new places")
-BEFORE = "rank every row again (until stop 13)"
+BEFORE = "rank every row again (the earlier way)"
 
 
 def rank_every_row_again(scores, targets: np.ndarray, visited: np.ndarray) -> np.ndarray:
-    """The second ranking as ``evaluate`` did it until stop 13: every row, returns too."""
+    """The second ranking as ``evaluate`` did it before: every row, returns too."""
     exclude = np.array(visited, dtype=bool)
     exclude[exclude[np.arange(len(targets)), targets]] = False
     return ranks_from_scores(scores, targets, exclude=exclude)

@@ -56,12 +56,6 @@ from client.algorithms import ARRAYS, CONFIG, CONTROL_DELTA, LOCAL_ONLY, METRICS
 from client.data_source import ClientSource, client_source
 from client.faults import InjectedFailure, attack_update, fails_this_round, is_attacker
 from client.local_training import (
-    LDP_EPSILON,
-    LDP_RADIUS_KM,
-    RETURN_RANKS,
-    SEED,
-    SERVER_ROUND,
-    SPLIT,
     client_seed,
     data_profile,
     evaluate_split,
@@ -73,12 +67,20 @@ from client.local_training import (
 from client.population import handle_stage, start_secure_update, with_population
 from client.state import ClientStateStore
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE, DataError, TooLittleData
-from fedgeo.message_keys import SECURE_SUM_ACTION, SECURE_SUM_CONFIG, STAGE_OUT
+from fedgeo.message_keys import (
+    CLIENT_KEY,
+    LDP_EPSILON,
+    LDP_RADIUS_KM,
+    PROFILE,
+    RETURN_RANKS,
+    SECURE_SUM_ACTION,
+    SECURE_SUM_CONFIG,
+    SEED,
+    SERVER_ROUND,
+    SPLIT,
+    STAGE_OUT,
+)
 
-PROFILE = "profile"
-"""Reply MetricRecord of a query."""
-CLIENT_KEY = "client-key"
-"""Query reply metric: the partition id of a simulated client, -1 on a device."""
 ERROR_CODE = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError, InjectedFailure)
 """SecureSumError and ContributionError are ValueErrors: a bad stage is an error reply."""

@@ -35,9 +35,8 @@ from fedgeo.data.partition import ClientData, client_data
 from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig, preprocess
 from fedgeo.data.synthetic import SyntheticConfig
+from fedgeo.message_keys import DATA_SPEC
 
-DATA_SPEC = "data-spec"
-"""Instruction config key: JSON description of the simulated data set."""
 PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
 STORE_PATH = "store-path"

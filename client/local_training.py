@@ -32,19 +32,9 @@ from client.state import select, with_prefix
 from fedgeo.data.errors import TooLittleData
 from fedgeo.data.partition import client_profile
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
+from fedgeo.message_keys import MODEL_CONFIG, PRIOR_CHECKSUM, PRIOR_CONFIG
 from fedgeo.models import FeatureBuilder, ModelConfig, NextLocationModel, SampleIndex, build_model
 from fedgeo.training import Evaluation, TrainConfig, evaluate, train_local
-
-# Instruction-config keys read here (the server's side is server.loop).
-SEED = "seed"
-SERVER_ROUND = "server-round"
-MODEL_CONFIG = "model-config"
-PRIOR_CONFIG = "prior-config"
-PRIOR_CHECKSUM = "prior-checksum"
-SPLIT = "split"
-RETURN_RANKS = "return-ranks"
-LDP_EPSILON = "profile-ldp-epsilon"
-LDP_RADIUS_KM = "profile-ldp-radius-km"
 
 PROFILE_KEYS = ("checkins", "distinct_places", "entropy", "radius_of_gyration_km")
 """The data profile a client reports (all scalars)."""

@@ -33,12 +33,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context
 
+from fedgeo.message_keys import CLIENT_STATE_DIR, RUN_KEY
+
 STATE_DIR = "state-dir"
 """Node-config key of a device's state folder."""
-CLIENT_STATE_DIR = "client-state-dir"
-"""Instruction-config key of the simulated clients' state folder ("" = memory)."""
-RUN_KEY = "run-key"
-"""Instruction-config key naming the federation."""
 KEEP_FILES = 2
 _FILE = re.compile(r"round-(\d+)\.npz$")
 

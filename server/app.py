@@ -27,7 +27,18 @@ from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import AdjacencyPrior
-from fedgeo.message_keys import POPULATION_CONFIG
+from fedgeo.message_keys import (
+    CLIENT_STATE_DIR,
+    DATA_SPEC,
+    LDP_EPSILON,
+    LDP_RADIUS_KM,
+    MODEL_CONFIG,
+    POPULATION_CONFIG,
+    PRIOR_CHECKSUM,
+    PRIOR_CONFIG,
+    RUN_KEY,
+    SEED,
+)
 from fedgeo.models import build_model
 from fedgeo.population import CandidateIndex
 from server.loop import Federation, Setup
@@ -72,21 +83,21 @@ def prepare(config: RunConfig) -> Setup:
     arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
     prior_json = json.dumps(dataclasses.asdict(config.prior), sort_keys=True)
     instruction: dict[str, Any] = {
-        "seed": config.seed,
-        "data-spec": config.data_spec(),
-        "model-config": json.dumps(model_config.to_dict(), sort_keys=True),
-        "prior-config": prior_json,
-        "prior-checksum": prior.checksum() if prior is not None else "",
-        "run-key": config.run_key(),
-        "client-state-dir": config.client_state_dir(),
-        "profile-ldp-epsilon": float(config["profile-ldp-epsilon"]),
-        "profile-ldp-radius-km": float(config["profile-ldp-radius-km"]),
+        SEED: config.seed,
+        DATA_SPEC: config.data_spec(),
+        MODEL_CONFIG: json.dumps(model_config.to_dict(), sort_keys=True),
+        PRIOR_CONFIG: prior_json,
+        PRIOR_CHECKSUM: prior.checksum() if prior is not None else "",
+        RUN_KEY: config.run_key(),
+        CLIENT_STATE_DIR: config.client_state_dir(),
+        LDP_EPSILON: float(config["profile-ldp-epsilon"]),
+        LDP_RADIUS_KM: float(config["profile-ldp-radius-km"]),
         **config.train_settings(),
     }
     describe: dict[str, Any] = {
         "places": len(places),
         "prior": {
-            "checksum": instruction["prior-checksum"] or None,
+            "checksum": instruction[PRIOR_CHECKSUM] or None,
             "config": json.loads(prior_json),
         },
         "model": model_config.to_dict(),

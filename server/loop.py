@@ -48,7 +48,14 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.strategy import Strategy
 
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE
-from fedgeo.message_keys import POPULATION_PRIOR
+from fedgeo.message_keys import (
+    CLIENT_KEY,
+    POPULATION_PRIOR,
+    PROFILE,
+    RETURN_RANKS,
+    SERVER_ROUND,
+    SPLIT,
+)
 from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums
 from fedgeo.population import CandidateIndex, PopulationPrior
 from server.checkpoint import (
@@ -68,11 +75,6 @@ from server.validation import split_valid
 
 logger = logging.getLogger("fedgeo.server")
 
-PROFILE = "profile"
-CLIENT_KEY = "client-key"
-SPLIT = "split"
-RETURN_RANKS = "return-ranks"
-SERVER_ROUND = "server-round"
 POPULATION_FILE = "population.npz"
 """The latest population prior, in the run's out-dir (read back on resume)."""
 PULL_INTERVAL = 0.05

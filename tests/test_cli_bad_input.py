@@ -360,6 +360,11 @@ BAD_OPTIONS = [
         ["centralized", "--out", "{out}", "--prior-gate-bias", "low"],
         "invalid float value",
     ),
+    (
+        "centralized-population-epsilon",
+        ["centralized", "--out", "{out}", "--population-prior", "--population-epsilon", "-1"],
+        "number > 0",
+    ),
     ("inspect-encoding", ["data", "inspect", "{data}", "--encoding", "klingon"], "encoding"),
     ("unknown-command", ["nonsense"], "invalid choice"),
 ]

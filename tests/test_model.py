@@ -122,7 +122,7 @@ def test_zero_shared_score_init_starts_the_model_as_its_memory_and_prior():
         prior_weight = torch.nn.functional.softplus(torch.tensor(0.0))
         expected += prior_weight * batch["prior_row"] * new  # new places only (the default)
     torch.testing.assert_close(scores, expected)
-    # The model before stop 11: random shared score, prior gate at softplus(0).
+    # Memory model v1: random shared score, prior gate at softplus(0).
     before = ModelConfig(**SMALL, return_score=False, shared_score_init="random", prior_gate_bias=0)
     random_model, _ = build_model(12, 1, before, prior, seed=3)
     random_model.eval()
@@ -195,7 +195,7 @@ def test_prior_score_lifts_only_new_places_by_default():
 
 
 def test_a_config_stored_before_the_return_score_builds_that_model():
-    """Model configs stored before stop 11 (a global model file's metadata, a run's
+    """Model configs stored before memory model v2 (a global model file's metadata, a run's
     model-config JSON) lack the new options: they rebuild the model they described, so the
     arrays saved with them still load."""
     old = ModelConfig(**SMALL, return_score=False, shared_score_init="random", prior_gate_bias=0)

@@ -29,6 +29,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
             "strategy": "fedgeo",
             **population,
             "population-secure-sum": False,
+            "population-refresh": 1,
         },
     }
     for name, values in plan.items():
@@ -63,6 +64,10 @@ def test_the_population_prior_is_the_same_built_securely_or_in_the_clear(runs):
     release = runs["population-secure"]["results"]["population"]["releases"][0]
     assert release["contributors"] == NODES and release["cohorts"] == 2
     assert release["secure_sum"] is True and release["transitions"] > 0
+    # population-refresh = 1 rebuilds it before every round (the data do not change).
+    refreshed = runs["population-plain"]["results"]["population"]["releases"]
+    assert [r["round"] for r in refreshed] == [1, 2]
+    assert all(r["contributors"] == NODES and r["rejected"] == 0 for r in refreshed)
     # Same prior, same seeds: the two federations train the same model.
     a = load_checkpoint(runs["population-secure"]["out"]).arrays
     b = load_checkpoint(runs["population-plain"]["out"]).arrays

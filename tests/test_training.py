@@ -13,6 +13,7 @@ from fedgeo.centralized import run_centralized
 from fedgeo.data.loading import load_dataset
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.models import ModelConfig, SampleIndex, build_model
+from fedgeo.population import PopulationConfig
 from fedgeo.training import TrainConfig, evaluate, fit, train_local
 
 SMALL = dict(embedding_dim=16, hidden_dim=32, window=8)
@@ -117,6 +118,22 @@ def test_run_centralized_writes_metrics_and_predictions(tmp_path, city):
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert lines[0] == "user_id,target,rank"
     assert len(lines) - 1 == city.num_samples("test")
+
+
+def test_run_centralized_with_the_population_prior_records_its_settings(tmp_path, city):
+    config = ModelConfig(**SMALL, population_prior=True).without_prior()
+    summary = run_centralized(
+        city,
+        config,
+        TrainConfig(epochs=1, batch_size=128),
+        out_dir=tmp_path,
+        population=PopulationConfig(candidates=8, dp_epsilon=2.0),
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["model"]["population_prior"] is True
+    assert metrics["population"]["candidates"] == 8
+    assert metrics["population"]["dp_epsilon"] == 2.0
+    assert summary["test"]["samples"] == city.num_samples("test")
 
 
 def test_training_batches_use_the_training_memory_and_evaluation_the_past(city):

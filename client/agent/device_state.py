@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from client.data_source import DATA_SPEC, ClientSource, spec_from_json
-from client.state import RUN_KEY
+from client.data_source import ClientSource, spec_from_json
+from fedgeo.message_keys import DATA_SPEC, RUN_KEY
 
 AGENT_DIR = "agent-dir"
 """Node-config key of the device agent's folder (:class:`client.agent.folder.AgentFolder`)."""
@@ -34,7 +34,7 @@ def model_metadata_from_instruction(
     config: Mapping[str, Any], source: ClientSource, model_round: int
 ) -> dict[str, Any]:
     """The portable-model metadata of the global arrays an instruction carries."""
-    from client.local_training import MODEL_CONFIG, PRIOR_CHECKSUM, PRIOR_CONFIG
+    from fedgeo.message_keys import MODEL_CONFIG, PRIOR_CHECKSUM, PRIOR_CONFIG
     from fedgeo.models.portable import model_metadata
 
     checksum = str(config.get(PRIOR_CHECKSUM, ""))

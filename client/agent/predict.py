@@ -104,7 +104,8 @@ def personal_state(folder: AgentFolder, run_key: str, model_round: int) -> dict[
     most recently written one."""
     from flwr.app import Context, RecordDict
 
-    from client.state import RUN_KEY, STATE_DIR, ClientStateStore
+    from client.state import STATE_DIR, ClientStateStore
+    from fedgeo.message_keys import RUN_KEY
 
     run_dir = folder.state_dir / run_key
     if not run_key or not run_dir.is_dir():

@@ -98,9 +98,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--population-epsilon",
-        type=float,
-        default=0.0,
-        help="user-level DP epsilon of the population counts (default 0: no noise)",
+        type=positive_float,
+        default=None,
+        help="user-level DP epsilon of the population counts (default: no noise)",
     )
 
 
@@ -112,7 +112,7 @@ def population_config_from_args(args: argparse.Namespace):
 
     return PopulationConfig(
         candidates=args.population_candidates or DEFAULT_CANDIDATES,
-        dp_epsilon=args.population_epsilon,
+        dp_epsilon=args.population_epsilon or 0.0,
     )
 
 

@@ -19,9 +19,11 @@ OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "population_prior": False,
 }
 """What a stored configuration that lacks these options meant: it was written before they
-existed (:meth:`ModelConfig.from_dict`). The first three came in stop 11 (a config without
-them is the model that had no return score); ``prior_score_places`` in stop 12 (a config
-without it, stop 11's included, had the prior score lift every place)."""
+existed (:meth:`ModelConfig.from_dict`). The first three came with memory model v2 (return
+score: a config without them is memory model v1, which had no return score);
+``prior_score_places`` with memory model v3 (a config without it, v2's included, had the
+prior score lift every place); ``population_prior`` with the population prior (off before).
+docs/model.md names the versions."""
 
 
 @dataclass
@@ -41,7 +43,7 @@ class ModelConfig:
     dropout: float = 0.1
     prior_init: bool = False
     """Seed place embeddings with the prior's spectral embedding. Off by default since
-    stop 13: the seeding lowered the ranking of places a user returns to and added
+    memory model v4: the seeding lowered the ranking of places a user returns to and added
     nothing on new places (docs/model.md, *Prior uses*)."""
     prior_propagation: bool = True
     """Propagate place embeddings over the adjacency: E' = E + g * (A E)."""
@@ -62,7 +64,7 @@ class ModelConfig:
     """Start of the shared neural score ``q . E'_l``: ``"zero"`` (its output layer starts
     at zero, so the untrained model ranks by the personal memory and the prior score only
     and the shared score grows from nothing as it learns) or ``"random"`` (PyTorch's
-    default initialization of the query network; the model before stop 11)."""
+    default initialization of the query network; memory model v1)."""
     return_score: bool = True
     """Add a context-gated score, unconstrained in sign, for every place the user has
     visited before (freq > 0): the preferential-return term, which lets training set how
@@ -77,7 +79,7 @@ class ModelConfig:
     """Which places the prior score lifts: ``"new"`` (only places absent from the user's
     memory, freq = 0: the prior orders the places a user may explore and leaves the
     ranking of the visited ones to the personal memory; without ``personal_memory`` no
-    place is known as visited, so it lifts all) or ``"all"`` (every place; stop 11)."""
+    place is known as visited, so it lifts all) or ``"all"`` (every place; memory model v2)."""
 
     population_prior: bool = False
     """Add context-gated scores from the population prior (:mod:`fedgeo.population`):
@@ -115,7 +117,7 @@ class ModelConfig:
         """Build from a stored dict (a run's model config, a model file's metadata).
 
         Unknown keys raise ``ValueError`` naming them. A dict without the options added in
-        stops 11 and 12 was written before them, so those take their earlier values
+        memory models v2 and v3 was written before them, so those take their earlier values
         (:data:`OPTIONS_MISSING_FROM_OLDER_CONFIGS`): a global model saved then still loads."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
