@@ -89,7 +89,7 @@ def main() -> None:
     start = time.perf_counter()
     from server.app import simulation_dataset
     from server.run_config import RunConfig
-    from server.simulate_cli import simulate
+    from experiments.simulate_cli import simulate
 
     out = Path(tempfile.mkdtemp(prefix="fedgeo-scale-"))
     values = {

@@ -2,7 +2,7 @@
 
     python -m experiments.run experiments/configs/nyc_main.toml
 
-Federated runs go through Flower's simulation engine (``server.simulate_cli.simulate``,
+Federated runs go through Flower's simulation engine (``experiments.simulate_cli.simulate``,
 one engine start for all runs of a data set); centralized runs and reference predictors
 run in-process with the library. Each run writes its own directory,
 ``OUT/<config>/<method>[/<sweep key>=<value>]/seed<N>/`` (``results.json`` for a
@@ -101,7 +101,7 @@ def run_federated(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: in
     """All ``runs`` in Flower's simulation engine, one engine start per data set size."""
     from server.app import simulation_dataset
     from server.run_config import RunConfig
-    from server.simulate_cli import simulate
+    from experiments.simulate_cli import simulate
 
     groups: dict[int, list[dict[str, Any]]] = {}
     for run in runs:

@@ -22,7 +22,7 @@ from server.app import prepare
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.loop import Federation
 from server.run_config import RunConfig
-from server.simulate_cli import simulate
+from experiments.simulate_cli import simulate
 
 TINY = {
     **TINY_RUN,

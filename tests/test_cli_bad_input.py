@@ -169,9 +169,9 @@ def engine_must_not_start(*args, **kwargs):
 
 @pytest.fixture
 def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.simulate_cli
+    import experiments.simulate_cli
 
-    monkeypatch.setattr(server.simulate_cli, "simulate", engine_must_not_start)
+    monkeypatch.setattr(experiments.simulate_cli, "simulate", engine_must_not_start)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from fedgeo.training import evaluate
 from server.app import prepare, simulation_dataset
 from server.checkpoint import load_checkpoint
 from server.run_config import DEFAULTS, RunConfig
-from server.simulate_cli import simulate
+from experiments.simulate_cli import simulate
 from server.strategies import STRATEGY_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from tiny import NODES, TINY_RUN
 
 from server.checkpoint import load_checkpoint
-from server.simulate_cli import simulate
+from experiments.simulate_cli import simulate
 
 TINY = {**TINY_RUN, "num-rounds": 3, "fraction-train": 0.5, "fraction-evaluate": 0.5, "seed": 5}
 STRATEGIES = ("fedavg", "fedgeo")

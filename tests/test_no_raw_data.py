@@ -18,7 +18,7 @@ from tiny import NODES, TINY_RUN
 from fedgeo.models import NextLocationModel
 from server.app import prepare, simulation_dataset
 from server.run_config import RunConfig
-from server.simulate_cli import simulate
+from experiments.simulate_cli import simulate
 
 TINY = {**TINY_RUN, "num-rounds": 2, "profile-ldp-epsilon": 1.0}
 STRATEGIES = ("fedgeo", "scaffold", "feddyn", "local")

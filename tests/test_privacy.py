@@ -357,7 +357,7 @@ def tiny(out: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
-    from server.simulate_cli import simulate
+    from experiments.simulate_cli import simulate
 
     root = tmp_path_factory.mktemp("privacy")
     server_dp = {

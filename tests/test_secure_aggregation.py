@@ -11,7 +11,7 @@ from tiny import NODES, TINY_RUN
 
 from server.checkpoint import load_checkpoint
 from server.run_config import RunConfig
-from server.simulate_cli import simulate
+from experiments.simulate_cli import simulate
 
 BASE = {**TINY_RUN, "num-rounds": 2, "model-user-embedding": False}
 

@@ -141,7 +141,7 @@ def killed(city: Path, tmp_path_factory) -> dict:
 def resumed(city: Path, killed: dict, tmp_path_factory) -> dict:
     """``fedgeo simulate --resume`` on the killed run's folder, with the uninterrupted
     reference run first in the same engine start."""
-    import server.simulate_cli as simulate_cli
+    import experiments.simulate_cli as simulate_cli
     from fedgeo.cli.main import build_parser, main
 
     reference_out = tmp_path_factory.mktemp("kill") / "reference"
