@@ -14,6 +14,7 @@ calibrated for all the run's releases together.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -95,8 +96,6 @@ def build_release(
 
 
 def _json(settings: PopulationConfig) -> str:
-    import json
-
     return json.dumps(settings.to_dict(), sort_keys=True)
 
 
