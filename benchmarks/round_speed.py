@@ -46,12 +46,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.simulate_cli import simulate  # noqa: E402
 from fedgeo.geo.prior import AdjacencyPrior  # noqa: E402
 from fedgeo.models import build_model  # noqa: E402
 from fedgeo.training import TrainConfig, train_local  # noqa: E402
 from server.app import simulation_dataset  # noqa: E402
 from server.run_config import RunConfig  # noqa: E402
-from experiments.simulate_cli import simulate  # noqa: E402
 
 MODEL = {"model-embedding-dim": 64, "model-hidden-dim": 128}
 

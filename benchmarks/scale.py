@@ -87,9 +87,9 @@ def main() -> None:
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()
+    from experiments.simulate_cli import simulate
     from server.app import simulation_dataset
     from server.run_config import RunConfig
-    from experiments.simulate_cli import simulate
 
     out = Path(tempfile.mkdtemp(prefix="fedgeo-scale-"))
     values = {

@@ -99,9 +99,9 @@ def run_values(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
 
 def run_federated(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> None:
     """All ``runs`` in Flower's simulation engine, one engine start per data set size."""
+    from experiments.simulate_cli import simulate
     from server.app import simulation_dataset
     from server.run_config import RunConfig
-    from experiments.simulate_cli import simulate
 
     groups: dict[int, list[dict[str, Any]]] = {}
     for run in runs:

@@ -282,6 +282,8 @@ def simulate(
             if "mrr" in metrics:
                 bar.set_postfix(val_mrr=f"{metrics['mrr']:.4f}")
 
+    nodes_bar = _NodesBar(progress)
+
     def tick(record: dict[str, Any]) -> None:  # interleaved runs: one step per round
         if bar is not None:
             bar.update(1)
@@ -296,7 +298,7 @@ def simulate(
             run_interleaved([make_federation(view, v, on_round=tick, stop=stop) for v in merged])
             return
         for config, values in zip(configs, merged, strict=True):
-            run_server(view, values, on_round=on_round, stop=stop)
+            run_server(view, values, on_round=on_round, stop=stop, on_progress=nodes_bar)
             done[0] += config.num_rounds
 
     # Ray starts its workers at niceness 15; on a small machine anything else running
@@ -325,6 +327,7 @@ def simulate(
     finally:
         if bar is not None:
             bar.close()
+        nodes_bar.close()
         if ray.is_initialized():
             ray.shutdown()
         flwr_logger.setLevel(level)
@@ -335,6 +338,35 @@ def simulate(
             raise RuntimeError(f"the simulation ended without writing {path}")
         results.append(json.loads(path.read_text(encoding="utf-8")))
     return results
+
+
+class _NodesBar:
+    """A second progress bar for the node-by-node steps (profile query, tests of every
+    node, population prior): nodes answered / nodes asked, one bar per step."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.label: str | None = None
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        if self.bar is None or label != self.label or done == 0:
+            self.close()
+            self.bar = tqdm(total=total, desc=label, unit="node", leave=False, position=1)
+            self.label = label
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -41,7 +41,7 @@ from fedgeo.message_keys import (
 )
 from fedgeo.models import build_model
 from fedgeo.population import CandidateIndex
-from server.loop import Federation, Setup
+from server.loop import Federation, ProgressHook, Setup
 from server.run_config import RunConfig
 
 
@@ -126,10 +126,13 @@ def run_server(
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> Federation:
     """Run one federation on ``grid`` with the flat run config ``values``; return it
     (``.final_arrays`` holds the final global arrays, results are in its out-dir)."""
-    federation = make_federation(grid, values, on_round=on_round, stop=stop)
+    federation = make_federation(
+        grid, values, on_round=on_round, stop=stop, on_progress=on_progress
+    )
     federation.run()
     return federation
 
@@ -140,10 +143,12 @@ def make_federation(
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> Federation:
     """A federation on ``grid`` for the flat run config ``values``, ready to run (or to
     step through, see :func:`server.loop.run_interleaved`)."""
-    return Federation(grid, prepare(RunConfig.from_mapping(values)), on_round=on_round, stop=stop)
+    setup = prepare(RunConfig.from_mapping(values))
+    return Federation(grid, setup, on_round=on_round, stop=stop, on_progress=on_progress)
 
 
 def make_server_app(

@@ -81,6 +81,11 @@ PULL_INTERVAL = 0.05
 SETTLE_S = 3.0
 
 
+ProgressHook = Callable[[str, int, int], None]
+"""``(label, replies so far, messages)`` for long node-by-node steps (the profile query,
+tests of every node, the population prior's stages)."""
+
+
 class Stopped(RuntimeError):
     """The run was asked to stop (Ctrl-C in ``fedgeo simulate``)."""
 
@@ -95,12 +100,17 @@ class NodeView(Grid):
     """
 
     def __init__(
-        self, grid: Grid, real_to_stable: Mapping[int, int], stop: threading.Event | None = None
+        self,
+        grid: Grid,
+        real_to_stable: Mapping[int, int],
+        stop: threading.Event | None = None,
+        on_progress: ProgressHook | None = None,
     ) -> None:
         self.grid = grid
         self.to_stable = dict(real_to_stable)
         self.to_real = {s: r for r, s in self.to_stable.items()}
         self.stop = stop
+        self.on_progress = on_progress
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
@@ -131,17 +141,29 @@ class NodeView(Grid):
         return replies
 
     def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+        label: str | None = None,
     ) -> list[Message]:
+        """Send ``messages`` and wait for their replies (or ``timeout``); with a ``label``
+        the view's ``on_progress(label, replies, messages)`` hook hears of every reply."""
         pending = set(self.push_messages(messages))
+        total = len(pending)
+        report = self.on_progress if label is not None else None
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        if report is not None:
+            report(label, 0, total)
         while pending:
             if self.stop is not None and self.stop.is_set():
                 raise Stopped("the run was stopped")
             got = self.pull_messages(pending)
             replies.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
+            if report is not None and got:
+                report(label, len(replies), total)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(PULL_INTERVAL)
@@ -253,7 +275,10 @@ def wait_for_nodes(
 
 
 def discover_nodes(
-    grid: Grid, setup: Setup, stop: threading.Event | None = None
+    grid: Grid,
+    setup: Setup,
+    stop: threading.Event | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> tuple[NodeView, dict[int, dict[str, float]], list[str], list[str]]:
     """Wait for the nodes, query their profiles, and name them by stable id.
 
@@ -269,8 +294,8 @@ def discover_nodes(
         Message(RecordDict({"config": ConfigRecord(setup.instruction)}), node, "query")
         for node in nodes
     ]
-    identity = NodeView(grid, {n: n for n in nodes}, stop)
-    replies = identity.send_and_receive(messages, timeout=cfg.round_timeout)
+    identity = NodeView(grid, {n: n for n in nodes}, stop, on_progress)
+    replies = identity.send_and_receive(messages, timeout=cfg.round_timeout, label="profile query")
     good, errors, too_small = _split(replies)
     mapping: dict[int, int] = {}
     profiles: dict[int, dict[str, float]] = {}
@@ -295,7 +320,7 @@ def discover_nodes(
             + (f"; {len(too_small)} with too little data to train" if too_small else "")
             + (f"; first error: {errors[0]}" if errors else "")
         )
-    return NodeView(grid, mapping, stop), profiles, errors, too_small
+    return NodeView(grid, mapping, stop, on_progress), profiles, errors, too_small
 
 
 def _participation(strategy: Strategy, server_round: int, sampled: list[int]) -> dict[str, Any]:
@@ -366,11 +391,13 @@ class Federation:
         *,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         stop: threading.Event | None = None,
+        on_progress: ProgressHook | None = None,
     ) -> None:
         self.grid = grid
         self.setup = setup
         self.cfg = setup.config
         self.on_round = on_round
+        self.on_progress = on_progress
         self.stop = stop
         self.strategy = build_strategy(self.cfg.strategy, self.cfg.values, seed=self.cfg.seed)
         self.privacy = PrivacyLedger.from_values(self.cfg.values)
@@ -407,7 +434,9 @@ class Federation:
         out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         arrays, results, start = self._start()
-        view, profiles, query_errors, too_small = discover_nodes(self.grid, self.setup, self.stop)
+        view, profiles, query_errors, too_small = discover_nodes(
+            self.grid, self.setup, self.stop, self.on_progress
+        )
         if hasattr(self.base, "set_profiles"):
             self.base.set_profiles(profiles)
         results["nodes"] = {
@@ -620,10 +649,9 @@ class Federation:
         content = (
             template[0].content if template else RecordDict({"arrays": arrays, "config": config})
         )
-        messages = self._attach(
-            Message(content, node, "evaluate") for node in view.get_node_ids()
-        )
-        replies = view.send_and_receive(messages, timeout=cfg.round_timeout)
+        messages = self._attach(Message(content, node, "evaluate") for node in view.get_node_ids())
+        label = "final test" if server_round == cfg.num_rounds else f"test, round {server_round}"
+        replies = view.send_and_receive(messages, timeout=cfg.round_timeout, label=label)
         good, errors, too_small = _split(replies)
         for error in errors:
             logger.warning("round %d: test failed: %s", server_round, error)
@@ -653,7 +681,9 @@ class Federation:
         """One release of the population prior (server.population_round)."""
         settings = self.cfg.population
         prior, info = build_release(
-            lambda messages: view.send_and_receive(messages, timeout=self.cfg.round_timeout),
+            lambda messages: view.send_and_receive(
+                messages, timeout=self.cfg.round_timeout, label="population prior"
+            ),
             view.get_node_ids(),
             settings,
             self.setup.population_index,

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from tiny import NODES, TINY_RUN
 
+from experiments.simulate_cli import simulate
 from server.app import prepare
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.loop import Federation
 from server.run_config import RunConfig
-from experiments.simulate_cli import simulate
 
 TINY = {
     **TINY_RUN,

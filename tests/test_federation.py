@@ -24,13 +24,13 @@ from tiny import NODES, TINY_RUN
 
 from client.data_source import client_source, read_places_csv
 from client.local_training import PROFILE_KEYS, privatize
+from experiments.simulate_cli import simulate
 from fedgeo.metrics import BREAKDOWN_KEYS, METRIC_KEYS
 from fedgeo.models import SampleIndex, build_model
 from fedgeo.training import evaluate
 from server.app import prepare, simulation_dataset
 from server.checkpoint import load_checkpoint
 from server.run_config import DEFAULTS, RunConfig
-from experiments.simulate_cli import simulate
 from server.strategies import STRATEGY_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from tiny import NODES, TINY_RUN
 
-from server.checkpoint import load_checkpoint
 from experiments.simulate_cli import simulate
+from server.checkpoint import load_checkpoint
 
 TINY = {**TINY_RUN, "num-rounds": 3, "fraction-train": 0.5, "fraction-evaluate": 0.5, "seed": 5}
 STRATEGIES = ("fedavg", "fedgeo")

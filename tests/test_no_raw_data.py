@@ -15,10 +15,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from tiny import NODES, TINY_RUN
 
+from experiments.simulate_cli import simulate
 from fedgeo.models import NextLocationModel
 from server.app import prepare, simulation_dataset
 from server.run_config import RunConfig
-from experiments.simulate_cli import simulate
 
 TINY = {**TINY_RUN, "num-rounds": 2, "profile-ldp-epsilon": 1.0}
 STRATEGIES = ("fedgeo", "scaffold", "feddyn", "local")

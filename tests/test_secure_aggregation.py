@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from tiny import NODES, TINY_RUN
 
+from experiments.simulate_cli import simulate
 from server.checkpoint import load_checkpoint
 from server.run_config import RunConfig
-from experiments.simulate_cli import simulate
 
 BASE = {**TINY_RUN, "num-rounds": 2, "model-user-embedding": False}
 
