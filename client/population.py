@@ -108,6 +108,7 @@ def handle_stage(message: Message, context: Context, source: ClientSource) -> Re
     if "member" not in inputs:
         raise ValueError(f"population stage {stage!r} without this client's cohort id")
     member = int(inputs["member"])
+    kept: dict[str, Any] = {}  # a model update kept since training (secure aggregation)
     if stage == "setup":
         session = ClientSession(cohort, member)
         out: dict[str, Any] = session.setup()
@@ -151,8 +152,6 @@ def handle_stage(message: Message, context: Context, source: ClientSource) -> Re
                     )
                 }
             )
-    if stage == "setup":
-        kept = {}
     context.state[record_name] = ConfigRecord({"session": session.to_bytes(), **kept})
     return RecordDict({STAGE_OUT: ConfigRecord(out)})
 

@@ -560,7 +560,7 @@ class Federation:
         sampled = sorted(int(m.metadata.dst_node_id) for m in messages)
         session = f"{cfg.run_key()}-train-{server_round}"
         if cfg.secure_aggregation:
-            secure_train_messages(messages, sampled, session, seed=[cfg.seed, server_round])
+            secure_train_messages(messages, sampled, session)
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout) if messages else []
         good, errors, too_small = _split(replies)
         for reason in too_small:

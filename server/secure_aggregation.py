@@ -24,19 +24,13 @@ from fedgeo.secure_sum import DEFAULT_NEIGHBOURS, SecureSumConfig
 from server.secure_sum_round import SendAndReceive, run_secure_sum
 
 
-def _cohort(sampled: Sequence[int], length: int, seed: Sequence[int]) -> SecureSumConfig:
-    ring_seed = int(np.random.SeedSequence([*seed, 0]).generate_state(1)[0])
-    return SecureSumConfig(tuple(sampled), length, neighbours=DEFAULT_NEIGHBOURS, seed=ring_seed)
-
-
-def secure_train_messages(
-    messages: list[Message], sampled: list[int], session: str, *, seed: Sequence[int]
-) -> None:
-    """Turn the round's train instructions into the setup stage of a secure sum."""
+def secure_train_messages(messages: list[Message], sampled: list[int], session: str) -> None:
+    """Turn the round's train instructions into the setup stage of a secure sum. The
+    cohort only names the sampled nodes: every later stage carries the cohort of the nodes
+    that replied, with the vector length and neighbour ring (:func:`secure_mean`)."""
     if len(sampled) < 2:
         return
-    # The length is a placeholder: the mask stage carries the real one (and checks it).
-    cohort = _cohort(sampled, 1, seed).to_json()
+    cohort = SecureSumConfig(tuple(sampled), 1).to_json()
     for message in messages:
         config = message.content[CONFIG]
         config[SECURE_SUM_CONFIG] = cohort
