@@ -62,7 +62,11 @@ from server.deployment import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RUN_TIMEOUT_S = 240.0
+RUN_TIMEOUT_S = 600.0
+"""How long a deployment run may take before the test gives up. Every message starts a
+``flwr-clientapp`` process, which imports torch and Flower (about 6 s each on a loaded
+2-core machine), so a 4-round run can take several minutes; this is a liveness bound, not
+a speed check."""
 CONNECTION = "fedgeo-test"
 
 # ----------------------------------------------------------------------------------
