@@ -1,8 +1,8 @@
 """Where a client's data comes from: its slice of a simulated data set, or its own files.
 
 * **Simulation** (the node config has no ``data-path``): every instruction carries the
-  data set's description under ``"data-spec"`` (JSON, see
-  ``server.run_config.RunConfig.data_spec``). The worker process loads and
+  data set's description under ``"data-spec"`` (JSON of a
+  :class:`fedgeo.data.loading.DataSpec`). The worker process loads and
   preprocesses that data set once (cached by the spec) and the node keeps the user at
   index ``node_config["partition-id"]`` of ``Dataset.users``.
 * **Device** (the node config has ``store-path`` or ``data-path``): the node reads its
@@ -30,11 +30,10 @@ import numpy as np
 
 from fedgeo.data.dataset import Dataset, UserData
 from fedgeo.data.errors import DataError
-from fedgeo.data.loading import load_dataset
+from fedgeo.data.loading import DataSpec, load_dataset, load_spec
 from fedgeo.data.partition import ClientData, client_data
 from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig, preprocess
-from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.message_keys import DATA_SPEC
 
 PARTITION_ID = "partition-id"
@@ -59,38 +58,10 @@ class ClientSource:
     """Identifies the public place table (for caches of derived objects)."""
 
 
-def spec_from_json(spec: str) -> dict[str, Any]:
-    """Parse a data spec; raises ``ValueError`` when it is not one."""
-    try:
-        parsed = json.loads(spec)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"'{DATA_SPEC}' is not valid JSON: {err}") from None
-    if not isinstance(parsed, dict) or "protocol" not in parsed:
-        raise ValueError(f"'{DATA_SPEC}' must be an object with a 'protocol' entry")
-    return parsed
-
-
 @lru_cache(maxsize=4)
-def simulation_dataset(spec: str) -> Dataset:
-    """The data set a spec describes, loaded once per process (keyed by the spec)."""
-    parsed = spec_from_json(spec)
-    protocol = ProtocolConfig(**parsed["protocol"])
-    if parsed.get("path"):
-        dataset, _ = load_dataset(
-            parsed["path"],
-            parsed.get("format", "csv"),
-            time_unit=parsed.get("time_unit"),
-            protocol=protocol,
-        )
-    else:
-        synthetic = SyntheticConfig(**_tuples(parsed.get("synthetic") or {}))
-        dataset, _ = load_dataset(None, protocol=protocol, synthetic=synthetic)
-    return dataset
-
-
-def _tuples(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON turned the synthetic config's tuples into lists; turn them back."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+def _spec_dataset(spec: str) -> Dataset:
+    """The data set of a simulation's data spec (JSON), parsed and loaded once per process."""
+    return load_spec(DataSpec.from_json(spec, key=DATA_SPEC))
 
 
 def _device_client(dataset: Dataset, places_path: str, source: str) -> ClientData:
@@ -180,8 +151,8 @@ def client_source(
     if node_config.get(device_key):
         if not node_config.get(PLACES_PATH):
             raise ValueError(f"node config has '{device_key}' but no '{PLACES_PATH}'")
-        protocol = spec_from_json(str(spec))["protocol"] if spec else ProtocolConfig().to_dict()
-        protocol_json = json.dumps(protocol, sort_keys=True)
+        protocol = DataSpec.from_json(str(spec), key=DATA_SPEC).protocol if spec else None
+        protocol_json = json.dumps((protocol or ProtocolConfig()).to_dict(), sort_keys=True)
         places_path = str(node_config[PLACES_PATH])
         if device_key == STORE_PATH:
             store_path = str(node_config[STORE_PATH])
@@ -202,7 +173,7 @@ def client_source(
         )
     if PARTITION_ID not in node_config:
         raise ValueError(f"simulated node without '{PARTITION_ID}' in its node config")
-    dataset = simulation_dataset(str(spec))
+    dataset = _spec_dataset(str(spec))
     partition = int(node_config[PARTITION_ID])
     if not 0 <= partition < len(dataset.users):
         raise ValueError(

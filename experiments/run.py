@@ -103,14 +103,14 @@ def run_federated(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: in
     from server.app import simulation_dataset
     from server.run_config import RunConfig
 
-    groups: dict[int, list[dict[str, Any]]] = {}
+    groups: dict[int, list[RunConfig]] = {}
     for run in runs:
-        values = run_values(config, run)
-        users = len(simulation_dataset(RunConfig.from_mapping(values)).users)
-        groups.setdefault(users, []).append(values)
-    for users, values_list in groups.items():
-        print(f"[{config.name}] {len(values_list)} federated run(s), {users} clients each")
-        simulate(values_list, users, cpus, progress=True)
+        run_config = RunConfig.from_mapping(run_values(config, run))
+        users = len(simulation_dataset(run_config).users)
+        groups.setdefault(users, []).append(run_config)
+    for users, configs in groups.items():
+        print(f"[{config.name}] {len(configs)} federated run(s), {users} clients each")
+        simulate(configs, users, cpus, progress=True)
 
 
 def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:

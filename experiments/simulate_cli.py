@@ -1,12 +1,12 @@
 """``fedgeo simulate``: a federated run in Flower's simulation engine (Ray), one node per user.
 
 The command turns its options into run-config overrides (see docs/federation.md),
-checks the data before anything starts, runs ``flwr.simulation.run_simulation`` with
-one Ray worker per CPU, shows a progress bar over rounds and writes ``DIR/results.json``
-and, as a research-mode output of simulation only, ``DIR/predictions.csv`` (every test
-sample's rank). Simulated clients keep their state under ``DIR/client-state`` so that
-``--resume`` continues exactly where a run stopped. Every process it starts is stopped
-when it ends, fails or is interrupted.
+checks the data before anything starts, runs Flower's simulation engine
+(:mod:`experiments.engine`) with one Ray worker per CPU, shows a progress bar over rounds
+and writes ``DIR/results.json`` and, as a research-mode output of simulation only,
+``DIR/predictions.csv`` (every test sample's rank). Simulated clients keep their state
+under ``DIR/client-state`` so that ``--resume`` continues exactly where a run stopped.
+Every process it starts is stopped when it ends, fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--resume: the options differ from the checkpoint's in {', '.join(changed)}"
             )
     cpus = args.cpus or os.cpu_count() or 1
-    [result] = simulate([values], users, cpus, progress=not args.no_progress, verbose=args.verbose)
+    [result] = simulate([config], users, cpus, progress=not args.no_progress, verbose=args.verbose)
     test = result["test"]
     print(
         f"simulate ({config.strategy}, {users} clients, {config.num_rounds} rounds): test "
@@ -157,18 +157,18 @@ def run(args: argparse.Namespace) -> int:
 def check_before_start(config: RunConfig, dataset: Dataset) -> int:
     """Fail now, with a one-line message, on what would otherwise fail (or hang) only
     once the simulation engine runs: too few users for the node minimums, fractions
-    outside their ranges, a strategy that cannot be built, a model or optimizer setting
-    the library refuses. Returns the number of users (one simulated node each)."""
+    outside their ranges, a model or optimizer setting the library refuses (the strategy
+    was built when the config was parsed). Returns the number of users (one simulated
+    node each)."""
     import torch
 
     from client.faults import ATTACKS
     from fedgeo.models import SampleIndex, build_model
     from fedgeo.training import TrainConfig, make_optimizer
-    from server.strategies import build_strategy
 
     values = config.values
     keys = ("min-available-nodes", "min-train-nodes", "min-evaluate-nodes")
-    need = max(int(values[k]) for k in keys)
+    need = config.min_nodes
     users = len(dataset.users)
     if users < need:
         raise DataError(
@@ -187,10 +187,6 @@ def check_before_start(config: RunConfig, dataset: Dataset) -> int:
             f"run-config 'inject-attack' must be one of {', '.join(ATTACKS)}, "
             f"got {values['inject-attack']!r}"
         )
-    try:
-        build_strategy(config.strategy, values, seed=config.seed)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
     try:
         # One forward pass on the first user's first training sample: model settings
         # the library refuses fail here (without the prior: cheap).
@@ -231,7 +227,7 @@ def _checkpoint(out_dir: Path):  # -> server.checkpoint.Checkpoint | None
 
 
 def simulate(
-    runs: Sequence[Mapping[str, Any]],
+    runs: Sequence[RunConfig | Mapping[str, Any]],
     num_nodes: int,
     cpus: int,
     *,
@@ -240,8 +236,9 @@ def simulate(
     grid_wrapper: Callable[[Grid], Grid] | None = None,
     interleave: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the federations ``runs`` describes (run-config overrides, one after the other)
-    in one start of Flower's simulation engine; return their results.
+    """Run the federations ``runs`` describes (parsed configs, or run-config overrides
+    parsed here once; one after the other) in one start of Flower's simulation engine;
+    return their results.
 
     With ``interleave`` they run round by round instead (all round 1, then all round 2,
     alternating the order; :func:`server.loop.run_interleaved`), each with the results it
@@ -255,16 +252,16 @@ def simulate(
     import ray
     from flwr.app import Context
     from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
     from threadpoolctl import threadpool_limits
 
     from client.app import app as client_app
+    from experiments.engine import run_engine
     from server.app import make_federation, run_server
     from server.checkpoint import RESULTS_FILE
     from server.loop import run_interleaved
     from server.run_config import RunConfig
 
-    configs = [RunConfig.from_mapping(values) for values in runs]
+    configs = [r if isinstance(r, RunConfig) else RunConfig.from_mapping(r) for r in runs]
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if not verbose:
@@ -293,28 +290,24 @@ def simulate(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         view = grid_wrapper(grid) if grid_wrapper is not None else grid
-        merged = [{**dict(context.run_config), **values} for values in runs]
         if interleave:
-            run_interleaved([make_federation(view, v, on_round=tick, stop=stop) for v in merged])
+            run_interleaved([make_federation(view, c, on_round=tick, stop=stop) for c in configs])
             return
-        for config, values in zip(configs, merged, strict=True):
-            run_server(view, values, on_round=on_round, stop=stop, on_progress=nodes_bar)
+        for config in configs:
+            run_server(view, config, on_round=on_round, stop=stop, on_progress=nodes_bar)
             done[0] += config.num_rounds
 
-    # Ray starts its workers at niceness 15; on a small machine anything else running
-    # would then starve the clients. Run them at normal priority unless told otherwise.
-    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         # One BLAS thread in this process: the server thread's linear algebra then
         # cannot hang in OpenBLAS's thread pool after an earlier simulation's server
-        # thread used it (seen with a second run_simulation in one process).
+        # thread used it (seen with a second engine start in one process).
         with threadpool_limits(limits=1, user_api="blas"):
-            run_simulation(
+            run_engine(
                 server_app,
                 client_app,
-                num_supernodes=num_nodes,
+                num_nodes=num_nodes,
                 backend_config=backend_config(cpus),
-                verbose_logging=verbose,
+                verbose=verbose,
             )
     except KeyboardInterrupt:
         stop.set()

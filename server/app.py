@@ -14,18 +14,14 @@ import dataclasses
 import json
 import threading
 from collections.abc import Callable, Mapping
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedgeo.data.dataset import Dataset
-from fedgeo.data.loading import load_dataset
+from fedgeo.data.loading import load_spec
 from fedgeo.data.places_io import read_places_csv
-from fedgeo.data.protocol import ProtocolConfig
-from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import AdjacencyPrior
 from fedgeo.message_keys import (
     CLIENT_STATE_DIR,
@@ -45,28 +41,9 @@ from server.loop import Federation, ProgressHook, Setup
 from server.run_config import RunConfig
 
 
-@lru_cache(maxsize=2)
-def _dataset(
-    path: Path | None,
-    data_format: str,
-    time_unit: str | None,
-    protocol: ProtocolConfig,
-    synthetic: SyntheticConfig | None,
-) -> Dataset:
-    if path is None:
-        return load_dataset(None, protocol=protocol, synthetic=synthetic)[0]
-    return load_dataset(path, data_format, time_unit=time_unit, protocol=protocol)[0]
-
-
 def simulation_dataset(config: RunConfig) -> Dataset:
     """The data set of a simulation (loaded once per process and data description)."""
-    return _dataset(
-        config.data_path,
-        str(config["data-format"]),
-        config.time_unit,
-        config.protocol,
-        config.synthetic,
-    )
+    return load_spec(config.data_spec())
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -84,14 +61,14 @@ def prepare(config: RunConfig) -> Setup:
     prior_json = json.dumps(dataclasses.asdict(config.prior), sort_keys=True)
     instruction: dict[str, Any] = {
         SEED: config.seed,
-        DATA_SPEC: config.data_spec(),
+        DATA_SPEC: config.data_spec().to_json(),
         MODEL_CONFIG: json.dumps(model_config.to_dict(), sort_keys=True),
         PRIOR_CONFIG: prior_json,
         PRIOR_CHECKSUM: prior.checksum() if prior is not None else "",
         RUN_KEY: config.run_key(),
         CLIENT_STATE_DIR: config.client_state_dir(),
-        LDP_EPSILON: float(config["profile-ldp-epsilon"]),
-        LDP_RADIUS_KM: float(config["profile-ldp-radius-km"]),
+        LDP_EPSILON: config.profile_ldp[0],
+        LDP_RADIUS_KM: config.profile_ldp[1],
         **config.train_settings(),
     }
     describe: dict[str, Any] = {
@@ -122,16 +99,16 @@ def prepare(config: RunConfig) -> Setup:
 
 def run_server(
     grid: Grid,
-    values: Mapping[str, Any],
+    config: RunConfig,
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
     on_progress: ProgressHook | None = None,
 ) -> Federation:
-    """Run one federation on ``grid`` with the flat run config ``values``; return it
-    (``.final_arrays`` holds the final global arrays, results are in its out-dir)."""
+    """Run one federation on ``grid`` with ``config``; return it (``.final_arrays``
+    holds the final global arrays, results are in its out-dir)."""
     federation = make_federation(
-        grid, values, on_round=on_round, stop=stop, on_progress=on_progress
+        grid, config, on_round=on_round, stop=stop, on_progress=on_progress
     )
     federation.run()
     return federation
@@ -139,16 +116,17 @@ def run_server(
 
 def make_federation(
     grid: Grid,
-    values: Mapping[str, Any],
+    config: RunConfig,
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
     on_progress: ProgressHook | None = None,
 ) -> Federation:
-    """A federation on ``grid`` for the flat run config ``values``, ready to run (or to
-    step through, see :func:`server.loop.run_interleaved`)."""
-    setup = prepare(RunConfig.from_mapping(values))
-    return Federation(grid, setup, on_round=on_round, stop=stop, on_progress=on_progress)
+    """A federation on ``grid`` for ``config``, ready to run (or to step through, see
+    :func:`server.loop.run_interleaved`)."""
+    return Federation(
+        grid, prepare(config), on_round=on_round, stop=stop, on_progress=on_progress
+    )
 
 
 def make_server_app(
@@ -157,19 +135,15 @@ def make_server_app(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp running with ``context.run_config`` updated by ``overrides``
-    (``fedgeo simulate`` passes its options this way: ``run_simulation`` gives the
-    ServerApp an empty run config)."""
+    """A ServerApp whose run config is ``context.run_config`` (pyproject's
+    ``[tool.flwr.app.config]`` and ``flwr run --run-config``) updated by ``overrides``,
+    parsed once when the run starts."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(
-            grid,
-            {**dict(context.run_config), **dict(overrides or {})},
-            on_round=on_round,
-            stop=stop,
-        )
+        config = RunConfig.from_mapping({**dict(context.run_config), **dict(overrides or {})})
+        run_server(grid, config, on_round=on_round, stop=stop)
 
     return server_app
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
@@ -70,7 +70,8 @@ from server.population_round import build_release
 from server.privacy import PrivacyLedger, unwrap
 from server.run_config import RunConfig
 from server.secure_aggregation import secure_mean, secure_train_messages
-from server.strategies import build_strategy, restore_strategy_state, seed_round, strategy_state
+from server.strategies import restore_strategy_state, seed_round, strategy_state
+from server.strategies.contract import to_arrayrecord, to_numpy
 from server.validation import split_valid
 
 logger = logging.getLogger("fedgeo.server")
@@ -192,14 +193,6 @@ class Setup:
     """The population prior's public index space (when the model uses the prior)."""
 
 
-def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
-
-
-def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: np.array(v.numpy(), copy=True) for k, v in record.items()}
-
-
 def conform(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> ArrayRecord:
     """``record`` with each array in the shape of the model's array of the same name.
 
@@ -216,7 +209,7 @@ def conform(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> ArrayRe
         if value.size != int(np.prod(shape, dtype=np.int64)):
             raise ValueError(f"aggregated array '{key}' has shape {value.shape}, model {shape}")
         arrays[key] = value.reshape(shape)
-    return to_record(arrays)
+    return to_arrayrecord(arrays)
 
 
 def micro_average(records: list[RecordDict], weighted_by_key: str = "") -> MetricRecord:
@@ -262,7 +255,13 @@ def wait_for_nodes(
         if len(nodes) >= wanted:
             return nodes
         if len(nodes) >= minimum and (now - last_change >= SETTLE_S or now >= deadline):
-            logger.warning("only %d of %d nodes connected; going on with them", len(nodes), wanted)
+            logger.warning(
+                "only %d of %d nodes connected; going on with them (a simulation runs one "
+                "node per user: with flwr run, pass --federation-config \"num-supernodes=%d\")",
+                len(nodes),
+                wanted,
+                wanted,
+            )
             return nodes
         if now >= deadline:
             raise RuntimeError(
@@ -285,11 +284,9 @@ def discover_nodes(
     Returns the view, the profiles, the query errors and the replies of nodes with too
     little data to train (left out, not errors)."""
     cfg = setup.config
-    minimum = max(
-        int(cfg["min-available-nodes"]), int(cfg["min-train-nodes"]), int(cfg["min-evaluate-nodes"])
-    )
+    minimum = cfg.min_nodes
     wanted = setup.expected_nodes or minimum
-    nodes = wait_for_nodes(grid, wanted, minimum, float(cfg["node-wait"]), stop)
+    nodes = wait_for_nodes(grid, wanted, minimum, cfg.node_wait, stop)
     messages = [
         Message(RecordDict({"config": ConfigRecord(setup.instruction)}), node, "query")
         for node in nodes
@@ -399,7 +396,7 @@ class Federation:
         self.on_round = on_round
         self.on_progress = on_progress
         self.stop = stop
-        self.strategy = build_strategy(self.cfg.strategy, self.cfg.values, seed=self.cfg.seed)
+        self.strategy = self.cfg.build_strategy()
         self.privacy = PrivacyLedger.from_values(self.cfg.values)
         self.population: ArrayRecord | None = None
         """The population prior sent with every train and evaluate instruction."""
@@ -502,9 +499,9 @@ class Federation:
     def _start(self) -> tuple[ArrayRecord, dict[str, Any], int]:
         """Fresh arrays and results, or those of the checkpoint when resuming."""
         cfg = self.cfg
-        checkpoint = load_checkpoint(cfg.out_dir) if bool(cfg["resume"]) else None
+        checkpoint = load_checkpoint(cfg.out_dir) if cfg.resume else None
         if checkpoint is None:
-            if bool(cfg["resume"]):
+            if cfg.resume:
                 logger.warning("resume: no checkpoint in %s; starting from round 1", cfg.out_dir)
             results: dict[str, Any] = {
                 "method": "federated",
@@ -518,7 +515,7 @@ class Federation:
                 "timings_s": {"rounds": []},
                 "resumed_at": [],
             }
-            return to_record(self.setup.arrays), results, 1
+            return to_arrayrecord(self.setup.arrays), results, 1
         differences = cfg.differences(checkpoint.config)
         if differences:
             raise ValueError(
@@ -532,7 +529,7 @@ class Federation:
         results["resumed_at"].append(checkpoint.server_round + 1)
         results["timings_s"]["total"] = sum(results["timings_s"]["rounds"])
         logger.info("resuming %s after round %d", cfg.out_dir, checkpoint.server_round)
-        return to_record(checkpoint.arrays), results, checkpoint.server_round + 1
+        return to_arrayrecord(checkpoint.arrays), results, checkpoint.server_round + 1
 
     def _round(
         self, view: NodeView, server_round: int, arrays: ArrayRecord
@@ -568,7 +565,7 @@ class Federation:
         if cfg.secure_aggregation:
             good, rejected = good, []
         else:
-            good, rejected = split_valid(good, to_numpy(arrays), float(cfg["max-update-norm"]))
+            good, rejected = split_valid(good, to_numpy(arrays), cfg.max_update_norm)
         record: dict[str, Any] = {
             "round": server_round,
             "replies": len(good),
@@ -582,7 +579,7 @@ class Federation:
             "train": None,
             "privacy": None,
         }
-        if len(good) < int(cfg["min-replies"]):
+        if len(good) < cfg.min_replies:
             record["skipped"] = f"{len(good)} good replies, need {cfg['min-replies']}"
         elif cfg.secure_aggregation:
             new_arrays, record["train"], record["secure_sum"] = secure_mean(
@@ -596,7 +593,7 @@ class Federation:
             if new_arrays is None:
                 record["skipped"] = f"secure aggregation failed: {record['secure_sum']['errors']}"
             else:
-                arrays = to_record(new_arrays)
+                arrays = to_arrayrecord(new_arrays)
         else:
             try:
                 new_arrays, metrics = strategy.aggregate_train(server_round, good)
@@ -633,7 +630,7 @@ class Federation:
     def _final_test(self, view: NodeView, arrays: ArrayRecord) -> dict[str, Any]:
         """Every node evaluates the final model on its test samples (with per-sample
         ranks in research mode); writes predictions.csv in research mode."""
-        research = bool(self.cfg["research-mode"]) and self.setup.user_ids is not None
+        research = self.cfg.research_mode and self.setup.user_ids is not None
         return self._test_every_node(view, self.cfg.num_rounds, arrays, predictions=research)
 
     def _test_every_node(
@@ -706,7 +703,7 @@ class Federation:
             return
         arrays = prior.to_arrays()
         np.savez(self.cfg.out_dir / POPULATION_FILE, **arrays)
-        self.population = to_record(arrays)
+        self.population = to_arrayrecord(arrays)
 
     def _load_population(self, view: NodeView, start: int, results: dict[str, Any]) -> None:
         """On resume: the prior the run had built (or a new one when it is missing)."""
@@ -715,7 +712,7 @@ class Federation:
             with np.load(path) as saved:
                 arrays = {k: saved[k] for k in saved.files}
             PopulationPrior.from_arrays(arrays)  # checks it
-            self.population = to_record(arrays)
+            self.population = to_arrayrecord(arrays)
             return
         logger.warning("resume: no %s; building the population prior again", path)
         rounds = self.cfg.population.release_rounds(self.cfg.num_rounds)

@@ -53,6 +53,7 @@ from fedgeo.privacy import (
     rdp_epsilon,
     round_sample_size,
 )
+from server.defaults import DEFAULTS
 from server.strategies.fedgeo import FedGeo
 
 DP_MODES = ("none", "server", "client")
@@ -90,16 +91,21 @@ class DPSettings:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> DPSettings | None:
         """The settings in a flat run config, or None when ``dp`` is ``"none"``/absent."""
-        mode = str(values.get("dp", "none")).strip().lower()
+        mode = str(values.get("dp", DEFAULTS["dp"])).strip().lower()
         if mode == "none":
             return None
         if mode not in DP_MODES:
             raise ValueError(f"run-config 'dp' must be one of {DP_MODES}, got {mode!r}")
         return cls(
             mode=mode,
-            noise_multiplier=float(values.get("dp-noise-multiplier", 1.0)),
-            clipping_norm=float(values.get("dp-clipping-norm", 1.0)),
-            delta=float(values.get("dp-delta", 0.0)),
+            **{
+                name: float(values.get(key, DEFAULTS[key]))
+                for name, key in (
+                    ("noise_multiplier", "dp-noise-multiplier"),
+                    ("clipping_norm", "dp-clipping-norm"),
+                    ("delta", "dp-delta"),
+                )
+            },
         )
 
 
@@ -304,7 +310,8 @@ class PrivacyLedger:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PrivacyLedger:
-        return cls(DPSettings.from_values(values), float(values.get("profile-ldp-epsilon", 0.0)))
+        epsilon = values.get("profile-ldp-epsilon", DEFAULTS["profile-ldp-epsilon"])
+        return cls(DPSettings.from_values(values), float(epsilon))
 
     def start(
         self,

@@ -16,140 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flwr.serverapp.strategy import Strategy
+
+from fedgeo.data.loading import DataSpec
 from fedgeo.data.protocol import ProtocolConfig
 from fedgeo.data.synthetic import SyntheticConfig
 from fedgeo.geo.prior import PriorConfig
 from fedgeo.message_keys import SCAFFOLD_CONTROLS
 from fedgeo.models import ModelConfig
 from fedgeo.population import PopulationConfig
+from server.defaults import DEFAULTS, SECTIONS, Scalar, field_key
+from server.privacy import DPSettings, wrap
 from server.strategies.registry import PARAMETERS, build_strategy, coerce
-
-Scalar = bool | int | float | str
-
-DEFAULTS: dict[str, Scalar] = {
-    # rounds, outputs, robustness
-    "num-rounds": 3,
-    "eval-every": 1,
-    "test-every": 0,
-    "seed": 0,
-    "out-dir": "outputs/fedgeo",
-    "resume": False,
-    "research-mode": False,
-    "round-timeout": 0.0,
-    "min-replies": 1,
-    "max-update-norm": 0.0,
-    "secure-aggregation": False,
-    # simulation-only fault and attack injection (client/faults.py)
-    "inject-failure-fraction": 0.0,
-    "inject-attack-fraction": 0.0,
-    "inject-attack": "sign-flip",
-    "inject-attack-scale": 1.0,
-    "node-wait": 60.0,
-    "client-state-dir": "",
-    # strategy (read by server.strategies.build_strategy)
-    "strategy": "fedgeo",
-    "fraction-train": 1.0,
-    "fraction-evaluate": 1.0,
-    "min-train-nodes": 2,
-    "min-evaluate-nodes": 2,
-    "min-available-nodes": 2,
-    "proximal-mu": 0.01,
-    "server-lr": 1.0,
-    "server-momentum": 0.9,
-    "alpha": 0.01,
-    "scaffold-control": "auto",
-    "fedgeo-exclusion": True,
-    "fedgeo-exclusion-by": "distinct_places",
-    "fedgeo-floor": 0.05,
-    "fedgeo-midpoint": 4.0,
-    "fedgeo-slope": 1.0,
-    "fedgeo-entropy-midpoint": 0.5,
-    "fedgeo-entropy-slope": 0.1,
-    "fedgeo-aggregation": "geometric-median",
-    "fedgeo-drift-scale": 1.0,
-    "fedgeo-median-iters": 10,
-    "fedgeo-median-tol": 1e-6,
-    "fedgeo-weighting": "examples",
-    # local training (sent to the clients in every train instruction)
-    "local-epochs": 1,
-    "batch-size": 64,
-    "lr": 0.002,
-    "optimizer": "adam",
-    "weight-decay": 0.0,
-    "grad-clip": 5.0,
-    # data (simulation: every client loads the same data set and keeps its own user)
-    "data-path": "",
-    "data-format": "csv",
-    "time-unit": "",
-    "places-path": "",
-    "synthetic-seed": 0,
-    "synthetic-num-users": 12,
-    "synthetic-num-places": 200,
-    "synthetic-days": 60,
-    "protocol-split": "global",
-    "protocol-gap-hours": 24.0,
-    "protocol-train-frac": 0.8,
-    "protocol-val-frac": 0.1,
-    "protocol-min-user-checkins": 0,
-    "protocol-min-place-checkins": 0,
-    # geographic prior
-    "prior-k": 10,
-    "prior-bandwidth-km": 0.0,
-    "prior-self-loops": True,
-    # model
-    "model-embedding-dim": 32,
-    "model-hidden-dim": 64,
-    "model-window": 20,
-    "model-dropout": 0.1,
-    "model-prior-init": False,
-    "model-prior-propagation": True,
-    "model-prior-score": True,
-    "model-personal-memory": True,
-    "model-user-embedding": True,
-    "model-memory-limit": 0,
-    "model-training-memory": "past",
-    "model-shared-score-init": "zero",
-    "model-prior-gate-bias": 0.0,
-    "model-prior-score-places": "new",
-    "model-return-score": True,
-    "model-return-bias": 4.0,
-    "model-population-prior": False,
-    # population prior: federated analytics (fedgeo.population, server.population_round)
-    "population-candidates": 50,
-    "population-max-places": 64,
-    "population-max-transitions": 64,
-    "population-dp-epsilon": 0.0,
-    "population-dp-delta": 1e-05,
-    "population-refresh": 0,
-    "population-secure-sum": True,
-    "population-cohort-size": 100,
-    "population-neighbours": 10,
-    # privacy of the data profile
-    "profile-ldp-epsilon": 0.0,
-    "profile-ldp-radius-km": 50.0,
-    # differential privacy of the model updates (server.privacy)
-    "dp": "none",
-    "dp-noise-multiplier": 1.0,
-    "dp-clipping-norm": 1.0,
-    "dp-delta": 0.0,
-}
-"""Every run-config key with its default (pyproject's ``[tool.flwr.app.config]`` holds
-the same table; a test keeps them equal)."""
-
-SECTIONS: dict[str, type] = {
-    "model-": ModelConfig,
-    "protocol-": ProtocolConfig,
-    "synthetic-": SyntheticConfig,
-    "prior-": PriorConfig,
-    "population-": PopulationConfig,
-}
-"""Key prefix -> settings dataclass whose fields the prefixed keys set."""
 
 SECURE_AGGREGATION_STRATEGIES = ("fedavg", "fedprox")
 """Strategies whose aggregate is the example-weighted mean, which a secure sum computes."""
@@ -184,17 +67,13 @@ TRAIN_KEYS = (
 """Local-training keys forwarded to the clients."""
 
 
-def _field_key(prefix: str, field: dataclasses.Field) -> str:
-    return prefix + field.name.replace("_", "-")
-
-
 def _section_fields() -> dict[str, tuple[str, dataclasses.Field]]:
     """Run-config key -> (section prefix, dataclass field) for every scalar field."""
     out: dict[str, tuple[str, dataclasses.Field]] = {}
     for prefix, cls in SECTIONS.items():
         for field in dataclasses.fields(cls):
             if isinstance(field.default, bool | int | float | str):
-                out[_field_key(prefix, field)] = (prefix, field)
+                out[field_key(prefix, field)] = (prefix, field)
     return out
 
 
@@ -239,7 +118,7 @@ def _section(values: Mapping[str, Scalar], prefix: str) -> dict[str, Any]:
     cls = SECTIONS[prefix]
     out = {}
     for field in dataclasses.fields(cls):
-        key = _field_key(prefix, field)
+        key = field_key(prefix, field)
         if key in values:
             out[field.name] = values[key]
     return out
@@ -281,12 +160,22 @@ class RunConfig:
                 raise ValueError(
                     "run-config 'secure-aggregation' cannot be used with " + "; ".join(problems)
                 )
-        # Build every settings object once, so that a bad value fails here.
+        # Build every settings object once, so that a bad value fails here, before any
+        # node starts: the sections, the strategy, the DP settings and their fit.
         _ = (config.model, config.protocol, config.prior, config.synthetic, config.population)
-        if str(config.values["dp"]).strip().lower() != "none":
-            # DP settings and their fit with the strategy fail here, before any node starts.
-            build_strategy(config.strategy, config.values, seed=config.seed)
+        config.build_strategy()
         return config
+
+    def build_strategy(self) -> Strategy:
+        """A fresh strategy of this run (:func:`server.strategies.build_strategy`), in
+        Flower's DP wrapper when ``dp`` asks for one (:func:`server.privacy.wrap`)."""
+        strategy = build_strategy(self.strategy, self.values, seed=self.seed)
+        return wrap(strategy, self.dp)
+
+    @property
+    def dp(self) -> DPSettings | None:
+        """Differential privacy of the model updates (None: off)."""
+        return DPSettings.from_values(self.values)
 
     def __getitem__(self, key: str) -> Scalar:
         return self.values[key]
@@ -321,6 +210,43 @@ class RunConfig:
         """Seconds to wait for a round's replies (None: wait for all)."""
         timeout = float(self.values["round-timeout"])
         return timeout if timeout > 0 else None
+
+    @property
+    def resume(self) -> bool:
+        """Continue from the checkpoint in ``out-dir`` when there is one."""
+        return bool(self.values["resume"])
+
+    @property
+    def research_mode(self) -> bool:
+        """Simulation only: write every test sample's rank (``predictions.csv``)."""
+        return bool(self.values["research-mode"])
+
+    @property
+    def min_replies(self) -> int:
+        """Valid train replies a round needs to aggregate."""
+        return int(self.values["min-replies"])
+
+    @property
+    def max_update_norm(self) -> float:
+        """Updates longer than this are rejected (0: no bound)."""
+        return float(self.values["max-update-norm"])
+
+    @property
+    def node_wait(self) -> float:
+        """Seconds to wait for the nodes to connect."""
+        return float(self.values["node-wait"])
+
+    @property
+    def min_nodes(self) -> int:
+        """The most nodes any of the strategy's minimums waits for."""
+        keys = ("min-available-nodes", "min-train-nodes", "min-evaluate-nodes")
+        return max(int(self.values[key]) for key in keys)
+
+    @property
+    def profile_ldp(self) -> tuple[float, float]:
+        """``(epsilon, radius_km)`` of the profiles' local DP (epsilon 0: off)."""
+        epsilon, radius = self.values["profile-ldp-epsilon"], self.values["profile-ldp-radius-km"]
+        return float(epsilon), float(radius)
 
     @property
     def model(self) -> ModelConfig:
@@ -371,19 +297,15 @@ class RunConfig:
         unit = str(self.values["time-unit"]).strip()
         return unit or None
 
-    def data_spec(self) -> str:
-        """The simulation data set, as the JSON string every instruction carries under
-        ``"data-spec"``: ``path`` (absolute, or null for the synthetic city),
-        ``format``, ``time_unit``, ``protocol`` and ``synthetic`` (settings dicts)."""
-        synthetic = self.synthetic
-        spec = {
-            "path": str(self.data_path) if self.data_path is not None else None,
-            "format": str(self.values["data-format"]),
-            "time_unit": self.time_unit,
-            "protocol": self.protocol.to_dict(),
-            "synthetic": synthetic.to_dict() if synthetic is not None else None,
-        }
-        return json.dumps(spec, sort_keys=True)
+    def data_spec(self) -> DataSpec:
+        """The simulation data set (sent to the clients as JSON under ``"data-spec"``)."""
+        return DataSpec(
+            path=str(self.data_path) if self.data_path is not None else None,
+            format=str(self.values["data-format"]),
+            time_unit=self.time_unit,
+            protocol=self.protocol,
+            synthetic=self.synthetic,
+        )
 
     def train_settings(self) -> dict[str, Scalar]:
         """The local-training keys sent to the clients."""
@@ -402,4 +324,6 @@ class RunConfig:
     def differences(self, other: Mapping[str, Any]) -> list[str]:
         """Keys whose value differs from ``other`` and that a resumed run may not change."""
         keys = (set(self.values) | set(other)) - RESUMABLE_CHANGES
-        return sorted(k for k in keys if self.values.get(k) != other.get(k))
+        # A key the checkpoint does not name had its default when it was written.
+        theirs = {**DEFAULTS, **other}
+        return sorted(k for k in keys if self.values.get(k) != theirs.get(k))

@@ -243,7 +243,7 @@ def test_instructions_parsed_from_real_strategy_messages(monkeypatch: pytest.Mon
     assert dyn.algorithm == "feddyn" and dyn.feddyn_alpha == pytest.approx(0.3)
     prox = first(FedGeo(proximal_mu=0.2))
     assert prox.algorithm == "proximal" and prox.proximal_mu == pytest.approx(0.2)
-    assert first(FedGeo()).algorithm == "plain"
+    assert first(FedGeo(proximal_mu=0.0)).algorithm == "plain"
     assert first(LocalOnly()).algorithm == "local"
 
 

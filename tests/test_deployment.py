@@ -289,7 +289,7 @@ def test_device_keeps_the_latest_global_model(tmp_path: Path, city: dict) -> Non
 def _simulation_config() -> dict:
     from server.run_config import RunConfig
 
-    return {"data-spec": RunConfig.from_mapping({"synthetic-num-users": 2}).data_spec()}
+    return {"data-spec": RunConfig.from_mapping({"synthetic-num-users": 2}).data_spec().to_json()}
 
 
 # ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from server.privacy import (
     ServerSideDP,
     unwrap,
     update_norm,
+    wrap,
 )
 from server.run_config import RunConfig
 from server.strategies import ExclusionConfig, FedGeo, build_strategy
@@ -171,7 +172,8 @@ def test_sample_size_delta_and_effective_noise():
     ],
 )
 def test_dp_wraps_mean_aggregating_strategies(name, extra, wrapper):
-    strategy = build_strategy(name, {**extra, "dp-noise-multiplier": "0.7"}, seed=0)
+    values = {"strategy": name, **extra, "dp-noise-multiplier": "0.7"}
+    strategy = RunConfig.from_mapping(values).build_strategy()
     assert type(strategy) is wrapper
     assert strategy.noise_multiplier == 0.7 and strategy.clipping_norm == 1.0
     assert type(unwrap(strategy)).__name__.lower() == name
@@ -193,8 +195,8 @@ def test_dp_wraps_mean_aggregating_strategies(name, extra, wrapper):
 )
 def test_dp_refuses_aggregates_that_are_not_a_plain_mean(name, extra, match):
     with pytest.raises(ValueError, match=match):
-        build_strategy(name, {"dp": "server", **extra}, seed=0)
-    # RunConfig refuses it too, before any node or Ray worker starts.
+        wrap(build_strategy(name, extra, seed=0), DPSettings.from_values({"dp": "server"}))
+    # RunConfig refuses it when the config is parsed, before any node starts.
     with pytest.raises(ValueError, match=match):
         RunConfig.from_mapping({"strategy": name, "dp": "client", **extra})
 

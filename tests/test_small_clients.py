@@ -31,8 +31,9 @@ from fedgeo.data.errors import TOO_LITTLE_DATA_CODE, DataError, TooLittleData
 from fedgeo.data.partition import client_data
 from fedgeo.data.protocol import ProtocolConfig, preprocess
 from server.app import prepare, simulation_dataset
-from server.loop import Federation, to_record
+from server.loop import Federation
 from server.run_config import RunConfig
+from server.strategies.contract import to_arrayrecord
 
 USERS = 6
 TINY = {
@@ -101,7 +102,7 @@ def instruction(cfg: RunConfig, kind: str, node: int) -> Message:
     setup = prepare(cfg)
     content = RecordDict({"config": Federation(None, setup).instruction(1)})
     if kind != "query":
-        content["arrays"] = to_record(setup.arrays)
+        content["arrays"] = to_arrayrecord(setup.arrays)
     message = Message(content, node, kind)
     message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
     return message
@@ -174,7 +175,8 @@ def test_device_with_one_checkin_reports_it_for_every_message(tmp_path, kind):
 def test_device_with_two_checkins_trains(tmp_path):
     cfg = config(tmp_path)
     node_config = write_device_files(tmp_path, cfg, checkins=2)
-    assert len(client_source(node_config, {"data-spec": cfg.data_spec()}, 1).data.user.train) == 1
+    spec = {"data-spec": cfg.data_spec().to_json()}
+    assert len(client_source(node_config, spec, 1).data.user.train) == 1
     reply = client_app.handle_train(
         instruction(cfg, "train", DEVICE_NODE), context(DEVICE_NODE, node_config)
     )

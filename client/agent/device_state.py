@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from client.data_source import ClientSource, spec_from_json
+from client.data_source import ClientSource
+from fedgeo.data.loading import DataSpec
 from fedgeo.message_keys import DATA_SPEC, RUN_KEY
 
 AGENT_DIR = "agent-dir"
@@ -41,7 +42,7 @@ def model_metadata_from_instruction(
     prior_json = str(config.get(PRIOR_CONFIG, "") or "null")
     extra: dict[str, Any] = {}
     if config.get(DATA_SPEC):
-        extra["protocol"] = spec_from_json(str(config[DATA_SPEC]))["protocol"]
+        extra["protocol"] = DataSpec.from_json(str(config[DATA_SPEC])).protocol.to_dict()
     return model_metadata(
         model_config=json.loads(str(config.get(MODEL_CONFIG, "{}"))),
         prior_config=json.loads(prior_json) if checksum else None,

@@ -39,9 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model size and ablation switches."""
     group = parser.add_argument_group("model")
-    group.add_argument("--embedding-dim", type=positive_int, default=64)
-    group.add_argument("--hidden-dim", type=positive_int, default=128)
-    group.add_argument("--window", type=positive_int, default=20)
+    # Defaults None: the model's own (fedgeo.models.ModelConfig), filled in by run().
+    group.add_argument("--embedding-dim", type=positive_int, default=None)
+    group.add_argument("--hidden-dim", type=positive_int, default=None)
+    group.add_argument("--window", type=positive_int, default=None)
     group.add_argument("--no-prior", action="store_true", help="switch off every use of the prior")
     group.add_argument(
         "--prior-init",
@@ -56,7 +57,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--training-memory",
         choices=("past", "leave-one-out"),
-        default="past",
+        default=None,
         help="memory counts of training samples (docs/model.md)",
     )
     group.add_argument(
@@ -127,19 +128,19 @@ def model_config_from_args(args: argparse.Namespace):
             ("prior_score_places", args.prior_score_places),
             ("prior_init", args.prior_init),
             ("return_score", False if args.no_return_score else None),
+            ("embedding_dim", args.embedding_dim),
+            ("hidden_dim", args.hidden_dim),
+            ("window", args.window),
+            ("training_memory", args.training_memory),
         )
         if value is not None
     }
     cfg = ModelConfig(
         **starts,
-        embedding_dim=args.embedding_dim,
-        hidden_dim=args.hidden_dim,
-        window=args.window,
         prior_propagation=not args.no_prior_propagation,
         prior_score=not args.no_prior_score,
         personal_memory=not args.no_personal_memory,
         user_embedding=not args.no_user_embedding,
-        training_memory=args.training_memory,
         population_prior=bool(args.population_prior),
     )
     return cfg.without_prior() if args.no_prior else cfg

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,3 +62,66 @@ def load_dataset(
         path, format, columns=columns, skip_bad=skip_bad, time_unit=time_unit, encoding=encoding
     )
     return preprocess(result.table, protocol, name=str(path)), result
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a simulated federation's data set is: a file (``path``, ``format``,
+    ``time_unit``) or the synthetic city (``synthetic``), preprocessed with ``protocol``.
+
+    The server sends it with every instruction as JSON (:meth:`to_json`); each simulated
+    node loads the data set it describes (:func:`load_spec`, once per process) and keeps
+    its own user. A device uses only its ``protocol``.
+    """
+
+    path: str | None
+    format: str
+    time_unit: str | None
+    protocol: ProtocolConfig
+    synthetic: SyntheticConfig | None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "path": self.path,
+                "format": self.format,
+                "time_unit": self.time_unit,
+                "protocol": self.protocol.to_dict(),
+                "synthetic": self.synthetic.to_dict() if self.synthetic is not None else None,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, *, key: str = "data-spec") -> DataSpec:
+        """Parse :meth:`to_json`'s output; ``ValueError`` naming ``key`` otherwise."""
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{key}' is not valid JSON: {err}") from None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("protocol"), dict):
+            raise ValueError(f"'{key}' must be an object with a 'protocol' entry")
+        try:
+            synthetic = parsed.get("synthetic")
+            return cls(
+                path=parsed.get("path") or None,
+                format=str(parsed.get("format", "csv")),
+                time_unit=parsed.get("time_unit") or None,
+                protocol=ProtocolConfig(**parsed["protocol"]),
+                synthetic=SyntheticConfig(**_tuples(synthetic)) if synthetic else None,
+            )
+        except TypeError as err:
+            raise ValueError(f"'{key}': {err}") from None
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON turned the synthetic config's tuples into lists; turn them back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+@lru_cache(maxsize=4)
+def load_spec(spec: DataSpec) -> Dataset:
+    """The data set ``spec`` describes, loaded once per process and spec."""
+    if spec.path is None:
+        return load_dataset(None, protocol=spec.protocol, synthetic=spec.synthetic)[0]
+    return load_dataset(spec.path, spec.format, time_unit=spec.time_unit, protocol=spec.protocol)[0]

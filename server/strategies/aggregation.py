@@ -22,6 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.defaults import DEFAULTS
+
+MEDIAN_MAX_ITER = int(DEFAULTS["fedgeo-median-iters"])
+MEDIAN_TOL = float(DEFAULTS["fedgeo-median-tol"])
+DRIFT_SCALE = float(DEFAULTS["fedgeo-drift-scale"])
+
 ClientArrays = tuple[Mapping[str, np.ndarray], float]
 """One client's ``(arrays, num_examples)``."""
 
@@ -218,8 +224,8 @@ def drift_weighted_mean(clients: Sequence[ClientArrays], scale: float = 1.0) -> 
 
 def geometric_median(
     clients: Sequence[ClientArrays],
-    max_iter: int = 100,
-    tol: float = 1e-6,
+    max_iter: int = MEDIAN_MAX_ITER,
+    tol: float = MEDIAN_TOL,
     eps: float = 1e-8,
     workspace: Workspace | None = None,
 ) -> Aggregate:
@@ -293,9 +299,9 @@ AGGREGATIONS = ("mean", "drift-weighted", "geometric-median")
 def get_aggregator(
     name: str,
     *,
-    drift_scale: float = 1.0,
-    max_iter: int = 100,
-    tol: float = 1e-6,
+    drift_scale: float = DRIFT_SCALE,
+    max_iter: int = MEDIAN_MAX_ITER,
+    tol: float = MEDIAN_TOL,
     eps: float = 1e-8,
     workspace: Workspace | None = None,
 ) -> Aggregator:

@@ -69,8 +69,9 @@ def _view(array: Array) -> np.ndarray:
 
 
 def to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """A dict name -> ndarray as an ArrayRecord (key order kept)."""
-    return ArrayRecord({key: Array(np.asarray(value)) for key, value in arrays.items()})
+    """A dict name -> ndarray as an ArrayRecord (key order kept; C order). The server's
+    one converter; :func:`to_numpy` is its inverse."""
+    return ArrayRecord({key: Array(np.asarray(value, order="C")) for key, value in arrays.items()})
 
 
 @dataclass

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
+from server.defaults import DEFAULTS
+
 EXCLUSION_BY = ("distinct_places", "entropy")
 
 
@@ -50,13 +52,13 @@ class ExclusionConfig:
         ``d0`` and ``s`` used when ``by="entropy"``.
     """
 
-    enabled: bool = True
-    floor: float = 0.05
-    midpoint: float = 4.0
-    slope: float = 1.0
-    by: str = "distinct_places"
-    entropy_midpoint: float = 0.5
-    entropy_slope: float = 0.1
+    enabled: bool = bool(DEFAULTS["fedgeo-exclusion"])
+    floor: float = float(DEFAULTS["fedgeo-floor"])
+    midpoint: float = float(DEFAULTS["fedgeo-midpoint"])
+    slope: float = float(DEFAULTS["fedgeo-slope"])
+    by: str = str(DEFAULTS["fedgeo-exclusion-by"])
+    entropy_midpoint: float = float(DEFAULTS["fedgeo-entropy-midpoint"])
+    entropy_slope: float = float(DEFAULTS["fedgeo-entropy-slope"])
 
     def __post_init__(self) -> None:
         if not 0.0 < self.floor <= 1.0:

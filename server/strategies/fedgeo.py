@@ -35,8 +35,12 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from flwr.supercore import log
 
+from server.defaults import DEFAULTS
 from server.strategies.aggregation import (
     AGGREGATIONS,
+    DRIFT_SCALE,
+    MEDIAN_MAX_ITER,
+    MEDIAN_TOL,
     Workspace,
     client_distances,
     get_aggregator,
@@ -86,6 +90,9 @@ class FedGeo(FedAvg):
     weighting : str
         How much each client counts in the aggregate: ``"examples"`` (its number of
         training examples, as FedAvg) or ``"uniform"`` (one client, one user, one vote).
+
+    The defaults of FedGeo's own settings are the run config's
+    (:data:`server.defaults.DEFAULTS`); the others are FedAvg's.
     """
 
     def __init__(
@@ -102,15 +109,15 @@ class FedGeo(FedAvg):
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         *,
         exclusion: ExclusionConfig | None = None,
-        aggregation: str = "mean",
-        proximal_mu: float = 0.0,
-        server_lr: float = 1.0,
+        aggregation: str = str(DEFAULTS["fedgeo-aggregation"]),
+        proximal_mu: float = float(DEFAULTS["proximal-mu"]),
+        server_lr: float = float(DEFAULTS["server-lr"]),
         seed: int = 0,
-        drift_scale: float = 1.0,
-        median_max_iter: int = 100,
-        median_tol: float = 1e-6,
+        drift_scale: float = DRIFT_SCALE,
+        median_max_iter: int = MEDIAN_MAX_ITER,
+        median_tol: float = MEDIAN_TOL,
         median_eps: float = 1e-8,
-        weighting: str = "examples",
+        weighting: str = str(DEFAULTS["fedgeo-weighting"]),
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,

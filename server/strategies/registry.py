@@ -2,8 +2,9 @@
 
 ``build_strategy("fedgeo", {"fraction-train": 0.1, "fedgeo-aggregation": "mean"}, seed=1)``
 reads only the keys the chosen strategy documents in :data:`PARAMETERS` (the run config
-holds other keys too, which are ignored); absent keys take the defaults listed there
-(``None`` = the strategy class's own default). ``"package.module:Class"`` builds any
+holds other keys too, which are ignored); an absent key takes its default from
+:data:`server.defaults.DEFAULTS`, or, for a key that table does not have (FedAdam's
+``eta``...), the strategy class's own default. ``"package.module:Class"`` builds any
 Flower ``Strategy`` subclass, passing the constructor arguments whose dashed names
 (``server_lr`` -> ``server-lr``) appear in ``params`` (and ``seed`` if it takes one).
 """
@@ -25,6 +26,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from server.defaults import DEFAULTS
 from server.strategies.exclusion import ExclusionConfig
 from server.strategies.feddyn import FedDyn
 from server.strategies.fedgeo import FedGeo
@@ -51,8 +53,6 @@ class Param:
     key: str
     """Run-config key (dashed)."""
     kind: type
-    default: Any
-    """Value when the key is absent; None = the strategy class's own default."""
     doc: str
     argument: str = ""
     """Constructor argument (defaults to the key with dashes as underscores)."""
@@ -63,56 +63,52 @@ class Param:
 
 
 _COMMON = (
-    Param("fraction-train", float, None, "fraction of nodes sampled for training (1.0)"),
-    Param("fraction-evaluate", float, None, "fraction of nodes sampled for evaluation (1.0)"),
-    Param("min-train-nodes", int, None, "minimum nodes per training round (2)"),
-    Param("min-evaluate-nodes", int, None, "minimum nodes per evaluation round (2)"),
-    Param("min-available-nodes", int, None, "nodes to wait for before sampling (2)"),
+    Param("fraction-train", float, "fraction of nodes sampled for training"),
+    Param("fraction-evaluate", float, "fraction of nodes sampled for evaluation"),
+    Param("min-train-nodes", int, "minimum nodes per training round"),
+    Param("min-evaluate-nodes", int, "minimum nodes per evaluation round"),
+    Param("min-available-nodes", int, "nodes to wait for before sampling"),
 )
-_SERVER_LR = Param("server-lr", float, None, "server learning rate eta_g (1.0)")
+_SERVER_LR = Param("server-lr", float, "server learning rate eta_g")
 _FEDOPT = (
-    Param("eta", float, None, "server learning rate (FedAdam 0.1, FedYogi 0.01)"),
-    Param("eta-l", float, None, "client learning rate, informational (0.1 / 0.0316)"),
-    Param("beta-1", float, None, "first-moment decay (0.9)"),
-    Param("beta-2", float, None, "second-moment decay (0.99)"),
-    Param("tau", float, None, "adaptivity epsilon (1e-3)"),
+    Param("eta", float, "server learning rate (FedAdam 0.1, FedYogi 0.01)"),
+    Param("eta-l", float, "client learning rate, informational (0.1 / 0.0316)"),
+    Param("beta-1", float, "first-moment decay (0.9)"),
+    Param("beta-2", float, "second-moment decay (0.99)"),
+    Param("tau", float, "adaptivity epsilon (1e-3)"),
 )
 _FEDGEO_ONLY = (
-    Param("fedgeo-exclusion", bool, True, "probabilistic exclusion of extreme users"),
-    Param("fedgeo-exclusion-by", str, "distinct_places", "'distinct_places' or 'entropy'"),
-    Param("fedgeo-floor", float, 0.05, "lowest participation probability p_min"),
-    Param("fedgeo-midpoint", float, 4.0, "distinct places at the sigmoid midpoint d0"),
-    Param("fedgeo-slope", float, 1.0, "sigmoid slope s (places)"),
-    Param("fedgeo-entropy-midpoint", float, 0.5, "normalized-entropy midpoint (by=entropy)"),
-    Param("fedgeo-entropy-slope", float, 0.1, "normalized-entropy slope (by=entropy)"),
+    Param("fedgeo-exclusion", bool, "probabilistic exclusion of extreme users"),
+    Param("fedgeo-exclusion-by", str, "'distinct_places' or 'entropy'"),
+    Param("fedgeo-floor", float, "lowest participation probability p_min"),
+    Param("fedgeo-midpoint", float, "distinct places at the sigmoid midpoint d0"),
+    Param("fedgeo-slope", float, "sigmoid slope s (places)"),
+    Param("fedgeo-entropy-midpoint", float, "normalized-entropy midpoint (by=entropy)"),
+    Param("fedgeo-entropy-slope", float, "normalized-entropy slope (by=entropy)"),
     Param(
-        "fedgeo-aggregation",
-        str,
-        "geometric-median",
-        "'mean', 'drift-weighted' or 'geometric-median'",
-        "aggregation",
+        "fedgeo-aggregation", str, "'mean', 'drift-weighted' or 'geometric-median'", "aggregation"
     ),
-    Param("fedgeo-drift-scale", float, None, "tau = scale * median distance (1.0)", "drift_scale"),
-    Param("fedgeo-median-iters", int, 10, "Weiszfeld iterations (10)", "median_max_iter"),
-    Param("fedgeo-median-tol", float, None, "Weiszfeld relative tolerance (1e-6)", "median_tol"),
-    Param("fedgeo-weighting", str, "examples", "'examples' or 'uniform' weights", "weighting"),
-    Param("proximal-mu", float, 0.01, "proximal anchoring weight mu"),
+    Param("fedgeo-drift-scale", float, "tau = scale * median distance", "drift_scale"),
+    Param("fedgeo-median-iters", int, "Weiszfeld iterations", "median_max_iter"),
+    Param("fedgeo-median-tol", float, "Weiszfeld relative tolerance", "median_tol"),
+    Param("fedgeo-weighting", str, "'examples' or 'uniform' weights", "weighting"),
+    Param("proximal-mu", float, "proximal anchoring weight mu"),
     _SERVER_LR,
 )
 
 PARAMETERS: dict[str, tuple[Param, ...]] = {
     "fedgeo": _COMMON + _FEDGEO_ONLY,
     "fedavg": _COMMON,
-    "fedprox": (*_COMMON, Param("proximal-mu", float, 0.01, "proximal weight mu")),
+    "fedprox": (*_COMMON, Param("proximal-mu", float, "proximal weight mu")),
     "fedavgm": (
         *_COMMON,
-        Param("server-lr", float, None, "server learning rate (1.0)", "server_learning_rate"),
-        Param("server-momentum", float, 0.9, "server momentum"),
+        Param("server-lr", float, "server learning rate", "server_learning_rate"),
+        Param("server-momentum", float, "server momentum"),
     ),
     "fedadam": _COMMON + _FEDOPT,
     "fedyogi": _COMMON + _FEDOPT,
     "scaffold": (*_COMMON, _SERVER_LR),
-    "feddyn": (*_COMMON, Param("alpha", float, None, "FedDyn regularization alpha (0.01)")),
+    "feddyn": (*_COMMON, Param("alpha", float, "FedDyn regularization alpha")),
     "local": _COMMON,
 }
 """The run-config keys each named strategy reads."""
@@ -167,8 +163,8 @@ def _kwargs(specs: tuple[Param, ...], params: Mapping[str, Any]) -> dict[str, An
     for spec in specs:
         if spec.key in params:
             out[spec.arg] = coerce(params[spec.key], spec.kind, spec.key)
-        elif spec.default is not None:
-            out[spec.arg] = spec.default
+        elif spec.key in DEFAULTS:
+            out[spec.arg] = DEFAULTS[spec.key]
     return out
 
 
@@ -176,19 +172,11 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any], *, seed: int) -
     """The strategy ``name_or_path`` configured from the flat run-config ``params``.
 
     ``name_or_path`` is one of :data:`STRATEGY_NAMES` or ``"package.module:Class"``.
-    With ``dp`` = ``"server"`` or ``"client"`` in ``params`` the strategy comes wrapped
-    in Flower's fixed-clipping DP wrapper (:func:`server.privacy.wrap`; ``dp-*`` keys).
-    Raises ValueError for an unknown name, a bad value, an import path that is not a
-    Flower Strategy, one whose required constructor arguments are missing, or DP with
-    a strategy whose aggregate is not a plain mean.
+    Differential privacy is not applied here: :meth:`server.run_config.RunConfig.build_strategy`
+    wraps the result as the ``dp*`` keys ask. Raises ValueError for an unknown name, a bad
+    value, an import path that is not a Flower Strategy, or one whose required
+    constructor arguments are missing.
     """
-    from server.privacy import DPSettings, wrap  # server.privacy imports this package
-
-    settings = DPSettings.from_values(params)
-    return wrap(_build(name_or_path, params, seed=seed), settings)
-
-
-def _build(name_or_path: str, params: Mapping[str, Any], *, seed: int) -> Strategy:
     name = name_or_path.strip()
     if ":" in name:
         return _from_import_path(name, params, seed=seed)
