@@ -14,13 +14,15 @@ touches the engine, and flwr is pinned (constraints.txt) so that its signature i
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import socket
+import sys
+from typing import TYPE_CHECKING, Any
 
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
-from flwr.simulation.run_simulation import _run_simulation
-from flwr.supercore.telemetry import EventType
+if TYPE_CHECKING:  # Flower is imported when the engine starts (the CLI starts fast)
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
 BackendConfig = dict[str, dict[str, Any]]
 
@@ -49,6 +51,9 @@ def run_engine(
     """Run ``server_app`` against ``num_nodes`` virtual SuperNodes running ``client_app``
     until the ServerApp's main function returns. An exception in the ServerApp is raised
     here; the caller shuts Ray down."""
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
     quiet_ray_environment()
     _run_simulation(
         num_supernodes=num_nodes,
@@ -59,3 +64,81 @@ def run_engine(
         backend_config=backend_config,
         verbose_logging=verbose,
     )
+
+
+class ClusterError(RuntimeError):
+    """A Ray cluster that cannot be used (unreachable, or without a CPU for a client)."""
+
+
+def ray_address(option: str | None) -> str | None:
+    """The cluster to attach to: the option, else Ray's own ``RAY_ADDRESS``, else None
+    (start a local Ray instance)."""
+    address = (option or os.environ.get("RAY_ADDRESS") or "").strip()
+    return address or None
+
+
+def local_backend(cpus: int) -> BackendConfig:
+    """Ray settings for a local instance on this machine: one CPU per client, ``cpus``
+    workers, no dashboard, no worker logs forwarded to the driver. ``address="local"``
+    starts a new instance even when a ``ray start`` cluster runs on this machine (Ray
+    would otherwise attach to it)."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "address": "local",
+            "num_cpus": cpus,
+            "num_gpus": 0,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+            "include_dashboard": False,
+        },
+    }
+
+
+def cluster_backend() -> BackendConfig:
+    """Ray settings on a cluster :func:`connect_cluster` attached to: one CPU per client;
+    the cluster's CPUs decide how many run at once."""
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+
+
+def connect_cluster(
+    address: str, *, cpus_per_client: float = 1.0, timeout_s: float = 10.0
+) -> float:
+    """Attach this process to the running Ray cluster at ``address`` (``HOST:PORT`` of its
+    head, as ``ray start --head`` prints it, or ``auto``); return the cluster's CPUs.
+
+    Raises :class:`ClusterError` with a one-line message when the head does not answer
+    within ``timeout_s`` or the cluster has fewer CPUs than one client needs (then the
+    connection is closed again). Nothing is started on the cluster here.
+    """
+    import ray
+
+    quiet_ray_environment()
+    if address != "auto":
+        host, sep, port = address.removeprefix("ray://").rpartition(":")
+        if not sep or not port.isdigit():
+            raise ClusterError(f"Ray address {address!r} is not HOST:PORT")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout_s).close()
+        except OSError as err:
+            raise ClusterError(f"cannot reach the Ray cluster at {address}: {err}") from None
+    # Workers on other nodes import the apps from the same paths (same environment).
+    pythonpath = os.pathsep.join(sys.path)
+    try:
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(f"cannot attach to the Ray cluster at {address}: {first}") from None
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    if cpus < cpus_per_client:
+        ray.shutdown()
+        raise ClusterError(
+            f"the Ray cluster at {address} has {cpus:g} CPU(s); each simulated client needs "
+            f"{cpus_per_client:g}"
+        )
+    return cpus

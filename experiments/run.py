@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ROOT, ConfigError, ExperimentConfig, Method, load_config
+from experiments.engine import ray_address
 
 RESULTS = {"federated": "results.json", "centralized": "metrics.json", "baseline": "metrics.json"}
 
@@ -97,7 +98,12 @@ def run_values(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
     return values
 
 
-def run_federated(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> None:
+def run_federated(
+    config: ExperimentConfig,
+    runs: Sequence[PlannedRun],
+    cpus: int,
+    address: str | None = None,
+) -> None:
     """All ``runs`` in Flower's simulation engine, one engine start per data set size."""
     from experiments.simulate_cli import simulate
     from server.app import simulation_dataset
@@ -110,7 +116,7 @@ def run_federated(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: in
         groups.setdefault(users, []).append(run_config)
     for users, configs in groups.items():
         print(f"[{config.name}] {len(configs)} federated run(s), {users} clients each")
-        simulate(configs, users, cpus, progress=True)
+        simulate(configs, users, cpus, progress=True, address=address)
 
 
 def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
@@ -162,7 +168,12 @@ def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
     return {"test": test}
 
 
-def execute(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> None:
+def execute(
+    config: ExperimentConfig,
+    runs: Sequence[PlannedRun],
+    cpus: int,
+    address: str | None = None,
+) -> None:
     """Run whatever in ``runs`` is not done yet (references first: they are quick)."""
     pending = [r for r in runs if not r.done]
     for run in pending:
@@ -173,7 +184,7 @@ def execute(config: ExperimentConfig, runs: Sequence[PlannedRun], cpus: int) -> 
             print(f"  test acc@1={metrics['acc@1']:.4f} mrr={metrics['mrr']:.4f}")
     federated = [r for r in pending if r.method.kind == "federated"]
     if federated:
-        run_federated(config, federated, cpus)
+        run_federated(config, federated, cpus, address)
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -211,6 +222,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", help="comma-separated method names (default: all)")
     ap.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs")
+    ap.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the federations on this running Ray cluster (default: $RAY_ADDRESS if set)",
+    )
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report")
     ap.add_argument("--figures", type=Path, help="also write the plots to this folder")
     ap.add_argument(
@@ -246,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"experiments.run: error: {config.data}: data file not found", file=sys.stderr)
         return 2
     if not args.report_only:
-        execute(config, runs, args.cpus)
+        execute(config, runs, args.cpus, ray_address(args.ray_address))
     from experiments.report import write_report
 
     table = write_report(config, out, figures=args.figures)

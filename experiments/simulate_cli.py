@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from experiments.engine import ClusterError, ray_address
 from fedgeo.cli.common import fraction, positive_int, prepare_out_dir
 from fedgeo.cli.main import UsageError
 from fedgeo.data.errors import DataError
@@ -67,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cpus", type=positive_int, help="CPUs for Ray: clients run in parallel (default: all)"
     )
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="attach to a running Ray cluster (its head's address, as `ray start --head` "
+        "prints it) instead of starting Ray on this machine; default: $RAY_ADDRESS if set "
+        "(docs/federation.md, 'A Ray cluster')",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="show Flower's INFO logs")
     parser.set_defaults(func=run)
@@ -101,21 +109,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def backend_config(cpus: int) -> dict[str, Any]:
-    """Ray settings for a small machine: one CPU per client, ``cpus`` workers, no
-    dashboard, no worker logs forwarded to the driver."""
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": cpus,
-            "num_gpus": 0,
-            "log_to_driver": False,
-            "logging_level": logging.ERROR,
-            "include_dashboard": False,
-        },
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     from server.run_config import RunConfig
 
@@ -143,7 +136,18 @@ def run(args: argparse.Namespace) -> int:
                 f"--resume: the options differ from the checkpoint's in {', '.join(changed)}"
             )
     cpus = args.cpus or os.cpu_count() or 1
-    [result] = simulate([config], users, cpus, progress=not args.no_progress, verbose=args.verbose)
+    address = ray_address(args.ray_address)
+    try:
+        [result] = simulate(
+            [config],
+            users,
+            cpus,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+            address=address,
+        )
+    except ClusterError as err:
+        raise UsageError(str(err)) from None
     test = result["test"]
     print(
         f"simulate ({config.strategy}, {users} clients, {config.num_rounds} rounds): test "
@@ -235,6 +239,7 @@ def simulate(
     verbose: bool = False,
     grid_wrapper: Callable[[Grid], Grid] | None = None,
     interleave: bool = False,
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the federations ``runs`` describes (parsed configs, or run-config overrides
     parsed here once; one after the other) in one start of Flower's simulation engine;
@@ -246,8 +251,11 @@ def simulate(
 
     All runs share the ``num_nodes`` simulated nodes (so they must use data sets with as
     many users); each keeps its clients' state apart (see ``client.state``).
-    ``grid_wrapper`` may wrap the grid the server sees (to trace messages). Ray is shut
-    down whatever happens.
+    ``grid_wrapper`` may wrap the grid the server sees (to trace messages). ``cpus``
+    clients run at once on a local Ray instance; with ``address`` the run attaches to that
+    running Ray cluster instead (:func:`experiments.engine.connect_cluster`; raises
+    ``ClusterError``) and its CPUs decide. Ray is shut down (or the cluster left) whatever
+    happens; the cluster itself keeps running.
     """
     import ray
     from flwr.app import Context
@@ -255,7 +263,7 @@ def simulate(
     from threadpoolctl import threadpool_limits
 
     from client.app import app as client_app
-    from experiments.engine import run_engine
+    from experiments.engine import cluster_backend, connect_cluster, local_backend, run_engine
     from server.app import make_federation, run_server
     from server.checkpoint import RESULTS_FILE
     from server.loop import run_interleaved
@@ -298,6 +306,8 @@ def simulate(
             done[0] += config.num_rounds
 
     try:
+        if address is not None:
+            connect_cluster(address)
         # One BLAS thread in this process: the server thread's linear algebra then
         # cannot hang in OpenBLAS's thread pool after an earlier simulation's server
         # thread used it (seen with a second engine start in one process).
@@ -306,7 +316,7 @@ def simulate(
                 server_app,
                 client_app,
                 num_nodes=num_nodes,
-                backend_config=backend_config(cpus),
+                backend_config=cluster_backend() if address else local_backend(cpus),
                 verbose=verbose,
             )
     except KeyboardInterrupt:

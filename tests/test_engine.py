@@ -17,6 +17,7 @@ def test_engine_function_takes_what_run_engine_passes() -> None:
     """flwr's engine function is not public API: an upgrade that renames what
     experiments/engine.py passes must fail here, not in the middle of a run."""
     parameters = inspect.signature(_run_simulation).parameters
+    assert "_run_simulation" in inspect.getsource(run_engine)
     source = inspect.getsource(run_engine)
     passed = ["num_supernodes", "exit_event", "client_app", "server_app", "backend_name"]
     passed += ["backend_config", "verbose_logging"]
