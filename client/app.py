@@ -80,6 +80,7 @@ from fedgeo.message_keys import (
     SPLIT,
     STAGE_OUT,
 )
+from fedgeo.npy import npy_view
 
 ERROR_CODE = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError, InjectedFailure)
@@ -92,7 +93,14 @@ def _arrays(message: Message) -> dict[str, np.ndarray]:
     record = message.content.get(ARRAYS)
     if not isinstance(record, ArrayRecord):
         raise ValueError(f"the instruction has no ArrayRecord '{ARRAYS}'")
-    return {key: array.numpy() for key, array in record.items()}
+    return {key: _numpy(array) for key, array in record.items()}
+
+
+def _numpy(array: Array) -> np.ndarray:
+    """The array as a read-only view of the message's bytes when it is a plain ``.npy``
+    payload (no copy; the model copies it into its parameters), else ``Array.numpy``."""
+    view = npy_view(array.data) if array.stype == "numpy.ndarray" else None
+    return view if view is not None else array.numpy()
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -2,7 +2,8 @@
 
 Everything here runs on the client's own data and returns only shared arrays, scalar
 metrics and the state to keep (see :mod:`client.state`). The model and the geographic
-prior are built once per worker process and copied per instruction.
+prior are built once per worker process; each instruction gets a model equal to a fresh
+copy of it (the process's working copy, reset; see :func:`local_model`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PriorMismatch(ValueError):
 
 @dataclass
 class LocalModel:
-    """A fresh copy of the model for this client, with its feature builder."""
+    """The model for this client (equal to a fresh copy), with its feature builder."""
 
     model: NextLocationModel
     features: FeatureBuilder
@@ -89,7 +90,8 @@ def prior_for(source: ClientSource, prior_json: str) -> AdjacencyPrior:
 
 
 def local_model(source: ClientSource, config: Mapping[str, Any]) -> LocalModel:
-    """A copy of the model the instruction describes, after checking the prior.
+    """The model the instruction describes, equal to a fresh copy of the process's
+    template (valid until the next call), after checking the prior.
 
     Raises :class:`PriorMismatch` when the prior built from this client's public place
     table has another checksum than the server's (``prior-checksum``).
@@ -101,17 +103,42 @@ def local_model(source: ClientSource, config: Mapping[str, Any]) -> LocalModel:
     if model_config.uses_prior:
         prior = prior_for(source, prior_json)
         expected = str(config.get(PRIOR_CHECKSUM, ""))
-        if prior.checksum() != expected:
+        checksum = _cached(_CHECKSUMS, (source.places_key, prior_json), prior.checksum)
+        if checksum != expected:
             raise PriorMismatch(
                 f"geographic prior checksum mismatch: server {expected!r}, this client "
-                f"{prior.checksum()!r} (different public place table or prior settings)"
+                f"{checksum!r} (different public place table or prior settings)"
             )
-    model, features = _cached(
-        _TEMPLATES,
-        (source.places_key, model_json, prior_json),
-        lambda: build_model(len(source.data.places), 1, model_config, prior, seed=0),
+    key = (source.places_key, model_json, prior_json)
+    places = len(source.data.places)
+    template, features = _cached(
+        _TEMPLATES, key, lambda: build_model(places, 1, model_config, prior, seed=0)
     )
-    return LocalModel(copy.deepcopy(model), features, source)
+    return LocalModel(_working_copy(key, template), features, source)
+
+
+_CHECKSUMS: dict[tuple[str, str], str] = {}
+"""The checksum of each prior the process built (a prior never changes)."""
+_WORKING: dict[tuple[str, str, str], NextLocationModel] = {}
+"""The process's working copy of each template, reused by one message after another."""
+
+
+def _working_copy(key: tuple[str, str, str], template: NextLocationModel) -> NextLocationModel:
+    """A model equal to a fresh copy of ``template``: the process's one working copy of
+    it, with the template's parameter values copied back in, no gradients and the
+    template's train/eval mode. A worker handles one message at a time, so the copy a
+    message used is free again when the next one starts; reusing it spares a model's
+    allocation per message. Buffers (the prior's matrix) are constants and shared."""
+    model = _WORKING.get(key)
+    if model is None:
+        return _cached(_WORKING, key, lambda: copy.deepcopy(template))
+    with torch.no_grad():
+        for mine, theirs in zip(model.parameters(), template.parameters(), strict=True):
+            mine.copy_(theirs)
+            mine.grad = None
+            mine.requires_grad_(theirs.requires_grad)
+    model.train(template.training)
+    return model
 
 
 def _tensors(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +31,7 @@ from fedgeo.message_keys import (  # noqa: F401 (re-exported)
     SERVER_ROUND,
     TRAIN_LOSS,
 )
+from fedgeo.npy import npy_view
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -51,21 +51,8 @@ def array_views(record: ArrayRecord) -> dict[str, np.ndarray]:
 def _view(array: Array) -> np.ndarray:
     if array.stype != "numpy.ndarray":
         return array.numpy()  # raises Flower's TypeError
-    stream = BytesIO(array.data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            return array.numpy()
-    except ValueError:
-        return array.numpy()
-    count, offset = int(np.prod(shape, dtype=np.int64)), stream.tell()
-    if fortran_order or dtype.hasobject or len(array.data) - offset != count * dtype.itemsize:
-        return array.numpy()
-    return np.frombuffer(array.data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    view = npy_view(array.data)
+    return view if view is not None else array.numpy()
 
 
 def to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -1,0 +1,65 @@
+"""What a node message pays besides its work is cut without changing any result: the
+worker's reused model copy leaves no trace of the message before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from tiny import TINY_RUN
+
+import client.local_training as local_training
+from client.app import handle_evaluate, handle_train
+from fedgeo.message_keys import SERVER_ROUND, SPLIT
+from server.app import prepare
+from server.run_config import RunConfig
+from server.strategies.contract import to_arrayrecord
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages built outside a Flower run need a task identity."""
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    # Enough local steps, from a random shared score, to move every parameter.
+    values = {"strategy": "fedprox", "local-epochs": 3, "lr": 0.05}
+    values["model-shared-score-init"] = "random"
+    return prepare(RunConfig.from_mapping({**TINY_RUN, **values}))
+
+
+def _context(node: int) -> Context:
+    return Context(
+        run_id=1, node_id=node + 1, node_config={"partition-id": node}, state=RecordDict(),
+        run_config={},
+    )  # fmt: skip
+
+
+def _send(setup, handler, kind: str, node: int, **extra) -> RecordDict:
+    config = ConfigRecord({**setup.instruction, SERVER_ROUND: 1, **extra})
+    content = RecordDict({"arrays": to_arrayrecord(setup.arrays), "config": config})
+    reply = handler(Message(content, node + 1, kind), _context(node))
+    assert not reply.has_error(), reply.error.reason
+    return reply.content
+
+
+def _arrays(content: RecordDict) -> dict[str, bytes]:
+    return {k: np.asarray(a.numpy()).tobytes() for k, a in content["arrays"].items()}
+
+
+def test_a_reused_model_gives_what_a_fresh_copy_gives(setup) -> None:
+    local_training._WORKING.clear()
+    fresh_train = _arrays(_send(setup, handle_train, "train", 1))
+    local_training._WORKING.clear()
+    fresh_test = dict(_send(setup, handle_evaluate, "evaluate", 1, **{SPLIT: "test"})["metrics"])
+    # Another client trains first on the same worker; then the same messages again.
+    _send(setup, handle_train, "train", 0)
+    assert _arrays(_send(setup, handle_train, "train", 1)) == fresh_train
+    _send(setup, handle_train, "train", 2)
+    again = dict(_send(setup, handle_evaluate, "evaluate", 1, **{SPLIT: "test"})["metrics"])
+    assert again == fresh_test
+    assert len(local_training._WORKING) == 1  # one working copy, reused
