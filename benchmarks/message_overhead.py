@@ -38,6 +38,7 @@ def settings(users: int, places: int, days: int, out: Path) -> dict:
         "synthetic-days": days,
         "num-rounds": 1,
         "eval-every": 2,
+        "fraction-train": 2 / users,  # the round is not what is measured
         "fraction-evaluate": 0.0,
         "out-dir": str(out),
         "client-state-dir": str(out / "client-state"),

@@ -33,6 +33,7 @@ counting a failure; its reason carries no file path.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -53,7 +54,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.agent.device_state import record_global_model
 from client.algorithms import ARRAYS, CONFIG, CONTROL_DELTA, LOCAL_ONLY, METRICS, TrainInstructions
-from client.data_source import ClientSource, client_source
+from client.data_source import DEVICE_KEYS, PARTITION_ID, ClientSource, client_source
 from client.faults import InjectedFailure, attack_update, fails_this_round, is_attacker
 from client.local_training import (
     client_seed,
@@ -66,6 +67,7 @@ from client.local_training import (
 )
 from client.population import handle_stage, start_secure_update, with_population
 from client.state import ClientStateStore
+from fedgeo.array_file import read_arrays
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE, DataError, TooLittleData
 from fedgeo.message_keys import (
     CLIENT_KEY,
@@ -77,6 +79,7 @@ from fedgeo.message_keys import (
     SECURE_SUM_CONFIG,
     SEED,
     SERVER_ROUND,
+    SHARED_RECORDS,
     SPLIT,
     STAGE_OUT,
 )
@@ -86,7 +89,41 @@ ERROR_CODE = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 EXPECTED_ERRORS = (ValueError, KeyError, DataError, FileNotFoundError, InjectedFailure)
 """SecureSumError and ContributionError are ValueErrors: a bad stage is an error reply."""
 
-app = ClientApp()
+def shared_records_mod(message: Message, context: Context, call_next) -> Message:
+    """Simulation: put back the records the server stored once in a file instead of
+    sending them in every message (config ``shared-records``; docs/federation.md,
+    "Speed"). Only a simulated node follows such a reference: a device never reads a
+    file a server names."""
+    config = message.content.get(CONFIG)
+    if not isinstance(config, ConfigRecord) or SHARED_RECORDS not in config:
+        return call_next(message, context)
+    node_config = context.node_config
+    if PARTITION_ID not in node_config or any(node_config.get(k) for k in DEVICE_KEYS):
+        reason = "fedgeo client: shared records are for simulated nodes only"
+        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=message)
+    try:
+        shared = json.loads(str(config[SHARED_RECORDS]))
+        restored = {name: ArrayRecord(dict(_shared_arrays(str(p)))) for name, p in shared.items()}
+    except (OSError, ValueError, AttributeError) as err:
+        reason = f"fedgeo client: shared records: {err}".splitlines()[0]
+        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=message)
+    content = RecordDict({k: v for k, v in message.content.items() if k != CONFIG})
+    content.update(restored)
+    content[CONFIG] = ConfigRecord({k: v for k, v in config.items() if k != SHARED_RECORDS})
+    message.content = content
+    return call_next(message, context)
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_arrays(path: str) -> tuple[tuple[str, Array], ...]:
+    """The arrays of a shared-records file, read once per worker process."""
+    return tuple(
+        (a.key, Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=a.data))
+        for a in read_arrays(path)
+    )
+
+
+app = ClientApp(mods=[shared_records_mod])
 
 
 def _arrays(message: Message) -> dict[str, np.ndarray]:

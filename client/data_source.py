@@ -43,6 +43,8 @@ STORE_PATH = "store-path"
 DATA_FORMAT = "data-format"
 TIME_UNIT = "time-unit"
 PLACES_PATH = "places-path"
+DEVICE_KEYS = (STORE_PATH, DATA_PATH)
+"""Node-config keys of a device's own data (a node with either is not simulated)."""
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,7 @@ def simulate(
 
     from client.app import app as client_app
     from experiments.engine import cluster_backend, connect_cluster, local_backend, run_engine
+    from experiments.shared_records import SharedRecordsGrid
     from server.app import make_federation, run_server
     from server.checkpoint import RESULTS_FILE
     from server.loop import run_interleaved
@@ -297,13 +298,23 @@ def simulate(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        view = grid_wrapper(grid) if grid_wrapper is not None else grid
-        if interleave:
-            run_interleaved([make_federation(view, c, on_round=tick, stop=stop) for c in configs])
-            return
-        for config in configs:
-            run_server(view, config, on_round=on_round, stop=stop, on_progress=nodes_bar)
-            done[0] += config.num_rounds
+        # Each run's large records go to its nodes through files (shared_records).
+        shared = [SharedRecordsGrid(grid, c.out_dir / "shared-records") for c in configs]
+        views = [grid_wrapper(g) if grid_wrapper is not None else g for g in shared]
+        try:
+            if interleave:
+                federations = [
+                    make_federation(v, c, on_round=tick, stop=stop)
+                    for v, c in zip(views, configs, strict=True)
+                ]
+                run_interleaved(federations)
+                return
+            for view, config in zip(views, configs, strict=True):
+                run_server(view, config, on_round=on_round, stop=stop, on_progress=nodes_bar)
+                done[0] += config.num_rounds
+        finally:
+            for g in shared:
+                g.close()
 
     try:
         if address is not None:

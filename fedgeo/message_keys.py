@@ -82,3 +82,6 @@ MASKED = "masked"
 """Reply ArrayRecord (mask stage): the masked fixed-point vector."""
 POPULATION_PRIOR = "population-prior"
 """Instruction ArrayRecord: the population prior (train and evaluate messages)."""
+SHARED_RECORDS = "shared-records"
+"""Config (simulation only): JSON ``{record name: file}`` of the ArrayRecords left out of
+the message and stored once in a file every simulated node reads (fedgeo.array_file)."""

@@ -79,7 +79,12 @@ logger = logging.getLogger("fedgeo.server")
 POPULATION_FILE = "population.npz"
 """The latest population prior, in the run's out-dir (read back on resume)."""
 PULL_INTERVAL = 0.05
+"""Seconds between two polls for replies."""
 SETTLE_S = 3.0
+
+
+POLL_WINDOW = 256
+"""Replies asked for per poll: the oldest pending messages (see ``NodeView``)."""
 
 
 ProgressHook = Callable[[str, int, int], None]
@@ -150,8 +155,10 @@ class NodeView(Grid):
     ) -> list[Message]:
         """Send ``messages`` and wait for their replies (or ``timeout``); with a ``label``
         the view's ``on_progress(label, replies, messages)`` hook hears of every reply."""
-        pending = set(self.push_messages(messages))
+        order = self.push_messages(messages)  # message ids in the order sent
+        pending = set(order)
         total = len(pending)
+        oldest = 0
         report = self.on_progress if label is not None else None
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -160,7 +167,12 @@ class NodeView(Grid):
         while pending:
             if self.stop is not None and self.stop.is_set():
                 raise Stopped("the run was stopped")
-            got = self.pull_messages(pending)
+            # A poll costs time per message asked about, and replies come back about
+            # in the order sent: ask for the oldest POLL_WINDOW pending ones.
+            while order[oldest] not in pending:
+                oldest += 1
+            window = [i for i in order[oldest : oldest + 4 * POLL_WINDOW] if i in pending]
+            got = self.pull_messages(window[:POLL_WINDOW])
             replies.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
             if report is not None and got:
