@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (csv)")
     parser.add_argument("--strategy", required=True, help="strategy name or module:Class")
     parser.add_argument(
+        "--model", help="model: memory (default), lstm, transformer (run-config model)"
+    )
+    parser.add_argument(
         "--rounds", type=positive_int, help="number of rounds (run-config num-rounds)"
     )
     parser.add_argument("--fraction", type=fraction, help="fraction of clients per round")
@@ -90,6 +93,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         values[key.strip()] = value.strip()
     options = {
         "strategy": args.strategy,
+        "model": args.model,
         "num-rounds": args.rounds,
         "seed": args.seed,
         "local-epochs": args.local_epochs,
@@ -251,7 +255,8 @@ def simulate(
 
     All runs share the ``num_nodes`` simulated nodes (so they must use data sets with as
     many users); each keeps its clients' state apart (see ``client.state``).
-    ``grid_wrapper`` may wrap the grid the server sees (to trace messages). ``cpus``
+    ``grid_wrapper`` may wrap the grid each run's server sees (called once per run; to trace
+    messages). ``cpus``
     clients run at once on a local Ray instance; with ``address`` the run attaches to that
     running Ray cluster instead (:func:`experiments.engine.connect_cluster`; raises
     ``ClusterError``) and its CPUs decide. Ray is shut down (or the cluster left) whatever

@@ -42,9 +42,14 @@ library's ``SyntheticConfig()`` (200 users) is the city of ``fedgeo centralized`
 ``fedgeo baseline`` without ``--data``."""
 
 
+RENAMED: dict[tuple[str, str], str] = {("model-", "architecture"): "model"}
+"""Section fields whose run-config key is not prefix + name: the model is chosen with
+``model = "transformer"``."""
+
+
 def field_key(prefix: str, field: dataclasses.Field) -> str:
     """The run-config key of a settings field."""
-    return prefix + field.name.replace("_", "-")
+    return RENAMED.get((prefix, field.name), prefix + field.name.replace("_", "-"))
 
 
 def section_defaults(prefix: str, cls: type) -> dict[str, Scalar]:

@@ -654,7 +654,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(
     """docs/deployment.md, *Restarts and resuming*: the SuperLink stops during a run;
     after its restart the same ``flwr run`` (same ``out-dir``, ``resume=true``) goes on
     after the last checkpointed round, with the same devices and their personal state."""
-    link, rounds = federation.link, 4
+    link, rounds = federation.link, 3
     out_dir = tmp_path_factory.mktemp("resume") / "run-out"
     run_config = _run_config(city, out_dir, rounds)
     logs = [log for _, log in federation.joined] + [link.log]

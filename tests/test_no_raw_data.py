@@ -66,7 +66,8 @@ def recorded(tmp_path_factory):
         expected += 2 * r["nodes"]["federated"]
         expected += sum(x["participation"]["sampled"] for x in r["rounds"])
         expected += len(r["evaluation"]) * NODES
-    return grids[0].replies, simulation_dataset(config), prepare(config).arrays, expected
+    replies = [reply for grid in grids for reply in grid.replies]  # one grid per run
+    return replies, simulation_dataset(config), prepare(config).arrays, expected
 
 
 def _contains(values: np.ndarray, sequence: np.ndarray) -> bool:

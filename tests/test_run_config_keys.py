@@ -25,6 +25,7 @@ KEYS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr
 
 CHOICES: dict[str, Any] = {
     "strategy": "fedavg",
+    "model": "transformer",
     "out-dir": "elsewhere",
     "inject-attack": "scale",
     "scaffold-control": "option-ii",

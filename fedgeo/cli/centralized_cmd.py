@@ -13,6 +13,7 @@ from fedgeo.cli.common import (
     positive_int,
     prepare_out_dir,
 )
+from fedgeo.cli.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model size and ablation switches."""
     group = parser.add_argument_group("model")
     # Defaults None: the model's own (fedgeo.models.ModelConfig), filled in by run().
+    group.add_argument("--model", default=None, help="memory (default), lstm, transformer")
     group.add_argument("--embedding-dim", type=positive_int, default=None)
     group.add_argument("--hidden-dim", type=positive_int, default=None)
     group.add_argument("--window", type=positive_int, default=None)
@@ -128,6 +130,7 @@ def model_config_from_args(args: argparse.Namespace):
             ("prior_score_places", args.prior_score_places),
             ("prior_init", args.prior_init),
             ("return_score", False if args.no_return_score else None),
+            ("architecture", args.model),
             ("embedding_dim", args.embedding_dim),
             ("hidden_dim", args.hidden_dim),
             ("window", args.window),
@@ -150,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
     from fedgeo.centralized import run_centralized
     from fedgeo.training import TrainConfig
 
+    try:  # a bad model setting fails before any data is read
+        model_config = model_config_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     prepare_out_dir(args.out)
     t0 = time.perf_counter()
     dataset = dataset_from_args(args)
@@ -163,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = run_centralized(
         dataset,
-        model_config_from_args(args),
+        model_config,
         train_cfg,
         out_dir=args.out,
         prior_k=args.prior_k,

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+MODELS = ("memory", "lstm", "transformer")
+"""Names of the models (:attr:`ModelConfig.architecture`; their sequence encoders are in
+:mod:`fedgeo.models.encoders`)."""
 TRAINING_MEMORIES = ("past", "leave-one-out")
 """Values of :attr:`ModelConfig.training_memory`."""
 SHARED_SCORE_INITS = ("random", "zero")
@@ -17,12 +20,14 @@ OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "prior_gate_bias": 0.0,
     "prior_score_places": "all",
     "population_prior": False,
+    "architecture": "memory",
 }
 """What a stored configuration that lacks these options meant: it was written before they
 existed (:meth:`ModelConfig.from_dict`). The first three came with memory model v2 (return
 score: a config without them is memory model v1, which had no return score);
 ``prior_score_places`` with memory model v3 (a config without it, v2's included, had the
-prior score lift every place); ``population_prior`` with the population prior (off before).
+prior score lift every place); ``population_prior`` with the population prior (off before);
+``architecture`` with the model zoo (the memory model before).
 docs/model.md names the versions."""
 
 
@@ -34,10 +39,14 @@ class ModelConfig:
     prior; ``personal_memory`` and ``user_embedding`` are the on-device parts.
     """
 
+    architecture: str = "memory"
+    """Which model (run-config ``model``, ``--model``): how the recent check-ins are read
+    (:data:`MODELS`; docs/model.md, *The model zoo*). ``memory`` is the GRU model with the
+    on-device memory scores; every model has the same head and switches."""
     embedding_dim: int = 64
     """Size of place and time embeddings."""
     hidden_dim: int = 128
-    """GRU state size."""
+    """Size of the sequence encoder's state."""
     window: int = 20
     """How many recent check-ins the sequence encoder reads."""
     dropout: float = 0.1
@@ -88,6 +97,10 @@ class ModelConfig:
     so the untrained model is unchanged; the counts come from federated analytics."""
 
     def __post_init__(self) -> None:
+        if self.architecture not in MODELS:
+            raise ValueError(
+                f"unknown model {self.architecture!r}; valid models: {', '.join(MODELS)}"
+            )
         if self.training_memory not in TRAINING_MEMORIES:
             raise ValueError(
                 f"model option training_memory (run-config model-training-memory) must be "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fedgeo.models.config import ModelConfig
+from fedgeo.models.encoders import build_encoder
 from fedgeo.models.features import FREQ, HOURS_PER_WEEK, MEMORY_FEATURES, POPULATION_FEATURES
 
 PERSONAL_PREFIXES = ("user_embedding.",)
@@ -57,7 +58,10 @@ class NextLocationModel(nn.Module):
         self.place_bias = nn.Parameter(torch.zeros(num_places))
         self.hour_embedding = nn.Embedding(HOURS_PER_WEEK + 1, d, padding_idx=HOURS_PER_WEEK)
         self.target_hour_embedding = nn.Embedding(HOURS_PER_WEEK, d)
-        self.gru = nn.GRU(d, cfg.hidden_dim, batch_first=True)
+        if cfg.architecture == "memory":  # kept as is: saved memory models load unchanged
+            self.gru = nn.GRU(d, cfg.hidden_dim, batch_first=True)
+        else:
+            self.encoder = build_encoder(cfg.architecture, d, cfg.hidden_dim, cfg.window)
         user_dim = d if cfg.user_embedding else 0
         if cfg.user_embedding:
             self.user_embedding = nn.Embedding(num_users, d)
@@ -122,8 +126,11 @@ class NextLocationModel(nn.Module):
         padded = torch.cat([table, self.place_embedding.weight[self.num_places :]], dim=0)
         x = padded[batch["window_places"]] + self.hour_embedding(batch["window_hours"])
         x = self.dropout(x)
-        _, h = self.gru(x)
-        h = h[-1]
+        if self.config.architecture == "memory":
+            _, h = self.gru(x)
+            h = h[-1]
+        else:
+            h = self.encoder(x, batch["window_places"] != self.num_places)
         context = torch.cat(
             [
                 h,

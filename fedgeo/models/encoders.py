@@ -1,0 +1,87 @@
+"""Sequence encoders: how a model reads the user's recent check-ins.
+
+Every model of the zoo shares the scoring head of :class:`NextLocationModel` (a shared
+query against the place embeddings, plus the optional on-device memory, geographic prior
+and population scores); they differ in how the window of recent check-ins (place and
+hour-of-week embeddings, left-padded) becomes the state ``h`` the head reads. An encoder
+takes ``x`` of shape ``(B, W, d)`` and the padding mask ``valid`` ``(B, W)`` (the last
+position is always a real check-in) and returns ``(B, hidden_dim)``.
+
+Adding a model is one class here and one line in :data:`ENCODERS` (docs/model.md, "The
+model zoo").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedgeo.models.config import MODELS
+
+
+class GRUEncoder(nn.Module):
+    """A GRU over the window; the state after the last check-in (the memory model's)."""
+
+    def __init__(self, d: int, hidden: int, window: int) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(d, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        _, h = self.rnn(x)
+        return h[-1]
+
+
+class LSTMEncoder(nn.Module):
+    """An LSTM over the window: the recurrent baseline of the federated next-location
+    literature (e.g. Feng et al., DeepMove, WWW 2018, without its history attention)."""
+
+    def __init__(self, d: int, hidden: int, window: int) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(d, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.rnn(x)
+        return h[-1]
+
+
+class TransformerEncoder(nn.Module):
+    """Causal self-attention over the window (two layers, two heads, learned position
+    encodings; the hour-of-week is already in ``x``). Each check-in attends to the
+    check-ins before it and to itself; padding is never attended to. The output at the
+    last check-in, projected to ``hidden``, is the state."""
+
+    def __init__(self, d: int, hidden: int, window: int, layers: int = 2, heads: int = 2) -> None:
+        super().__init__()
+        self.position = nn.Embedding(window, d)
+        nn.init.normal_(self.position.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, dim_feedforward=2 * d, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(d, hidden)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        b, w, _ = x.shape
+        x = x + self.position.weight[None, :w]
+        later = torch.triu(torch.ones(w, w, dtype=torch.bool, device=x.device), diagonal=1)
+        blocked = later[None] | ~valid[:, None, :]  # (B, query, key): True = not allowed
+        blocked = blocked & ~torch.eye(w, dtype=torch.bool, device=x.device)[None]
+        heads = self.layers.layers[0].self_attn.num_heads
+        mask = blocked.repeat_interleave(heads, dim=0)
+        return self.out(self.layers(x, mask=mask)[:, -1])
+
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    "memory": GRUEncoder,
+    "lstm": LSTMEncoder,
+    "transformer": TransformerEncoder,
+}
+"""Model name -> sequence encoder (``model`` in the run config, ``--model``)."""
+assert tuple(ENCODERS) == MODELS, "fedgeo.models.config.MODELS names the encoders"
+
+
+def build_encoder(name: str, d: int, hidden: int, window: int) -> nn.Module:
+    """The encoder of model ``name``; ``ValueError`` ending with the valid names."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(ENCODERS)}")
+    return ENCODERS[name](d, hidden, window)
