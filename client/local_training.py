@@ -110,9 +110,13 @@ def local_model(source: ClientSource, config: Mapping[str, Any]) -> LocalModel:
                 f"{checksum!r} (different public place table or prior settings)"
             )
     key = (source.places_key, model_json, prior_json)
-    places = len(source.data.places)
+    places = source.data.places
     template, features = _cached(
-        _TEMPLATES, key, lambda: build_model(places, 1, model_config, prior, seed=0)
+        _TEMPLATES,
+        key,
+        lambda: build_model(
+            len(places), 1, model_config, prior, seed=0, coordinates=places.coordinates()
+        ),
     )
     return LocalModel(_working_copy(key, template), features, source)
 

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (csv)")
     parser.add_argument("--strategy", required=True, help="strategy name or module:Class")
     parser.add_argument(
-        "--model", help="model: memory (default), lstm, transformer (run-config model)"
+        "--model", help="model: memory (default), lstm, transformer, flashback (run-config model)"
     )
     parser.add_argument(
         "--rounds", type=positive_int, help="number of rounds (run-config num-rounds)"
@@ -198,7 +198,12 @@ def check_before_start(config: RunConfig, dataset: Dataset) -> int:
     try:
         # One forward pass on the first user's first training sample: model settings
         # the library refuses fail here (without the prior: cheap).
-        model, features = build_model(dataset.num_places, 1, config.model.without_prior())
+        model, features = build_model(
+            dataset.num_places,
+            1,
+            config.model.without_prior(),
+            coordinates=dataset.places.coordinates(),
+        )
         index = SampleIndex(dataset.users[:1])
         sample_users, positions = index.samples("train")
         with torch.no_grad():

@@ -57,6 +57,7 @@ def run_centralized(
         prior,
         seed=train_config.seed,
         population=population_features,
+        coordinates=dataset.places.coordinates(),
     )
     model.to(train_config.device)
     result = fit(model, features, dataset.users, train_config, progress=progress)

@@ -56,7 +56,9 @@ def prepare(config: RunConfig) -> Setup:
         places = dataset.places
     model_config = config.model
     prior = AdjacencyPrior.from_places(places, config.prior) if model_config.uses_prior else None
-    model, _ = build_model(len(places), 1, model_config, prior, seed=config.seed)
+    model, _ = build_model(
+        len(places), 1, model_config, prior, seed=config.seed, coordinates=places.coordinates()
+    )
     arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
     prior_json = json.dumps(dataclasses.asdict(config.prior), sort_keys=True)
     instruction: dict[str, Any] = {

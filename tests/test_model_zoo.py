@@ -18,8 +18,9 @@ def test_every_model_scores_all_places_from_any_history(name: str) -> None:
     places = make_places()
     user = make_user([0, 1, 2, 3, 1, 2, 3, 4, 5, 1])
     cfg = ModelConfig(**SMALL, architecture=name)
-    model, features = build_model(len(places), 1, cfg, _prior(places), seed=3)
-    again, _ = build_model(len(places), 1, cfg, _prior(places), seed=3)
+    coords = places.coordinates()
+    model, features = build_model(len(places), 1, cfg, _prior(places), seed=3, coordinates=coords)
+    again, _ = build_model(len(places), 1, cfg, _prior(places), seed=3, coordinates=coords)
     model.eval()
     again.eval()
     # Position 1: one check-in and a window of padding; position 8: a full window.
@@ -36,7 +37,8 @@ def test_every_model_learns_and_has_the_no_memory_regime(name: str) -> None:
     places = make_places()
     user = make_user([0, 1, 2, 3, 1, 2, 3, 4, 5, 1, 2, 3, 1, 2, 3, 1])
     cfg = ModelConfig(**SMALL, architecture=name, personal_memory=False)
-    model, features = build_model(len(places), 1, cfg, _prior(places), seed=0)
+    coords = places.coordinates()
+    model, features = build_model(len(places), 1, cfg, _prior(places), seed=0, coordinates=coords)
     before = {k: v.clone() for k, v in model.shared_state().items()}
     train_local(model, features, [user], TrainConfig(epochs=3, batch_size=4, lr=0.01, seed=0))
     moved = [k for k, v in model.shared_state().items() if not torch.equal(v, before[k])]
@@ -60,7 +62,7 @@ def test_an_unknown_model_is_a_one_line_error_with_the_valid_names(tmp_path, cap
         status = main([*command, "--model", "rnn", "--out", str(tmp_path / command[0])])
         err = capsys.readouterr().err.strip().splitlines()
         assert status == 2 and len(err) == 1
-        assert err[0].endswith("valid models: memory, lstm, transformer"), err
+        assert err[0].endswith("valid models: memory, lstm, transformer, flashback"), err
 
 
 def test_simulate_runs_every_model_on_the_synthetic_city(tmp_path) -> None:
@@ -76,3 +78,31 @@ def test_simulate_runs_every_model_on_the_synthetic_city(tmp_path) -> None:
         assert result["config"]["model"] == name
         assert result["model"]["architecture"] == name
         assert result["test"]["samples"] > 0 and 0 <= result["test"]["acc@1"] <= 1
+
+
+def test_flashback_weighs_past_states_by_time_and_distance() -> None:
+    """Flashback's weights: the same hour a day earlier and a nearby place weigh most;
+    the model needs the coordinates."""
+    from fedgeo.models.encoders import FlashbackEncoder
+
+    encoder = FlashbackEncoder(4, 3, 3)
+    states = torch.eye(3)[None]  # hidden state i = unit vector i
+
+    class Fixed(torch.nn.Module):  # hidden states fixed: look at the weighting alone
+        def forward(self, x):
+            return states, None
+
+    encoder.rnn = Fixed()
+    valid = torch.tensor([[True, True, True]])
+    batch = {
+        "window_gap_hours": torch.tensor([[24.0, 12.0, 0.0]]),
+        "window_distance_km": torch.tensor([[0.0, 0.0, 0.0]]),
+    }
+    weights = encoder(torch.zeros(1, 3, 4), valid, batch)[0]
+    assert weights[1] < 1e-6 < weights[0] < weights[2]  # half a day away: cos term 0
+    assert torch.isclose(weights.sum(), torch.tensor(1.0))
+    batch["window_distance_km"] = torch.tensor([[0.0, 0.0, 5.0]])
+    assert encoder(torch.zeros(1, 3, 4), valid, batch)[0][2] < weights[2]  # farther: less
+    with pytest.raises(ValueError, match="coordinates"):
+        build_model(12, 1, ModelConfig(**SMALL, architecture="flashback", prior_propagation=False,
+                                       prior_score=False))  # fmt: skip

@@ -41,7 +41,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model size and ablation switches."""
     group = parser.add_argument_group("model")
     # Defaults None: the model's own (fedgeo.models.ModelConfig), filled in by run().
-    group.add_argument("--model", default=None, help="memory (default), lstm, transformer")
+    group.add_argument(
+        "--model", default=None, help="memory (default), lstm, transformer, flashback"
+    )
     group.add_argument("--embedding-dim", type=positive_int, default=None)
     group.add_argument("--hidden-dim", type=positive_int, default=None)
     group.add_argument("--window", type=positive_int, default=None)

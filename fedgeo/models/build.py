@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fedgeo.models.config import ModelConfig
 from fedgeo.models.features import FeatureBuilder
 from fedgeo.models.next_location import NextLocationModel
@@ -21,6 +23,7 @@ def build_model(
     *,
     seed: int = 0,
     population: PopulationFeatures | None = None,
+    coordinates: np.ndarray | None = None,
 ) -> tuple[NextLocationModel, FeatureBuilder]:
     """A seeded model and the matching feature builder.
 
@@ -28,6 +31,8 @@ def build_model(
     prior (and seed) always gives the same initial parameters. ``population`` feeds the
     population score (``config.population_prior``); it can also be set later on the
     feature builder (``features.population``), as a federation does once it is built.
+    ``coordinates`` (``(L, 2)`` latitude, longitude in degrees; ``Places.coordinates()``)
+    are needed by the models that read distances (``config.needs_coordinates``).
     """
     import torch
 
@@ -45,6 +50,6 @@ def build_model(
     torch.manual_seed(seed)
     model = NextLocationModel(num_places, num_users, cfg, matrix, embedding)
     features = FeatureBuilder(
-        num_places, cfg, prior.matrix if prior is not None else None, population
+        num_places, cfg, prior.matrix if prior is not None else None, population, coordinates
     )
     return model, features

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-MODELS = ("memory", "lstm", "transformer")
+MODELS = ("memory", "lstm", "transformer", "flashback")
 """Names of the models (:attr:`ModelConfig.architecture`; their sequence encoders are in
 :mod:`fedgeo.models.encoders`)."""
 TRAINING_MEMORIES = ("past", "leave-one-out")
@@ -143,6 +143,11 @@ class ModelConfig:
         values = self.to_dict()
         values.update(prior_init=False, prior_propagation=False, prior_score=False)
         return ModelConfig(**values)
+
+    @property
+    def needs_coordinates(self) -> bool:
+        """Whether the features need the places' coordinates (Flashback's distances)."""
+        return self.architecture == "flashback"
 
     @property
     def uses_prior(self) -> bool:

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from fedgeo.data.dataset import UserData
+from fedgeo.geo.prior import EARTH_RADIUS_KM
 from fedgeo.models.config import ModelConfig
 from fedgeo.population import PopulationFeatures
 
@@ -95,10 +96,20 @@ class FeatureBuilder:
         config: ModelConfig,
         prior_matrix: sp.csr_matrix | None = None,
         population: PopulationFeatures | None = None,
+        coordinates: np.ndarray | None = None,
     ) -> None:
         self.num_places = num_places
         self.config = config
         self.population = population
+        self.radians: np.ndarray | None = None
+        """``(L, 2)`` latitude and longitude in radians (models that need distances)."""
+        if config.needs_coordinates:
+            if coordinates is None or np.shape(coordinates) != (num_places, 2):
+                raise ValueError(
+                    f"model {config.architecture!r} needs the coordinates of the "
+                    f"{num_places} places"
+                )
+            self.radians = np.radians(np.asarray(coordinates, dtype=np.float64))
         self.prior_rows: sp.csr_matrix | None = None
         if prior_matrix is not None and config.prior_score:
             rows = sp.csr_matrix(prior_matrix, dtype=np.float32)
@@ -145,6 +156,15 @@ class FeatureBuilder:
             "last_place": torch.from_numpy(last_place),
             "target": torch.from_numpy(index.places[flat_target]),
         }
+        if self.radians is not None:  # time gaps and distances to the last check-in
+            gap_s = index.times[last_flat][:, None] - index.times[win_pos_c]
+            out["window_gap_hours"] = torch.from_numpy(
+                np.where(valid, np.maximum(gap_s, 0) / 3600.0, 0.0).astype(np.float32)
+            )
+            here = self.radians[last_place][:, None, :]
+            there = self.radians[index.places[win_pos_c]]
+            km = np.where(valid, _haversine_km(here, there), 0.0).astype(np.float32)
+            out["window_distance_km"] = torch.from_numpy(km)
         if cfg.personal_memory:
             train_end = None
             if training and cfg.training_memory == "leave-one-out":
@@ -231,3 +251,10 @@ class FeatureBuilder:
             recency[arange_b[ok], index.places[win_pos[ok, j]]] = RECENCY_DECAY ** (w - 1 - j)
         memory[:, 3] = recency
         return memory
+
+
+def _haversine_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Great-circle distances (km) between ``(..., 2)`` arrays of radians (lat, lon)."""
+    dlat, dlon = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
+    h = np.sin(dlat / 2) ** 2 + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin(dlon / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))

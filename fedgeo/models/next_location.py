@@ -130,7 +130,7 @@ class NextLocationModel(nn.Module):
             _, h = self.gru(x)
             h = h[-1]
         else:
-            h = self.encoder(x, batch["window_places"] != self.num_places)
+            h = self.encoder(x, batch["window_places"] != self.num_places, batch)
         context = torch.cat(
             [
                 h,
