@@ -18,11 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-FAILURE_FRACTION = "inject-failure-fraction"
-ATTACK_FRACTION = "inject-attack-fraction"
-ATTACK = "inject-attack"
-ATTACK_SCALE = "inject-attack-scale"
-ATTACKS = ("sign-flip", "scale", "random")
+from fedgeo.message_keys import ATTACK, ATTACK_FRACTION, ATTACK_SCALE, ATTACKS, FAILURE_FRACTION
 
 
 class InjectedFailure(RuntimeError):

@@ -85,3 +85,13 @@ POPULATION_PRIOR = "population-prior"
 SHARED_RECORDS = "shared-records"
 """Config (simulation only): JSON ``{record name: file}`` of the ArrayRecords left out of
 the message and stored once in a file every simulated node reads (fedgeo.array_file)."""
+FAILURE_FRACTION = "inject-failure-fraction"
+"""Train config (simulation only): the share of sampled clients that fail (client/faults.py)."""
+ATTACK_FRACTION = "inject-attack-fraction"
+"""Train config (simulation only): the share of clients that send an attack."""
+ATTACK = "inject-attack"
+"""Train config (simulation only): the attack, one of :data:`ATTACKS`."""
+ATTACKS = ("sign-flip", "scale", "random")
+"""Values of :data:`ATTACK`."""
+ATTACK_SCALE = "inject-attack-scale"
+"""Train config (simulation only): the attack's scale ``s``."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from tiny import TINY_RUN
 
 import client.local_training as local_training
@@ -16,12 +15,7 @@ from server.app import prepare
 from server.run_config import RunConfig
 from server.strategies.contract import to_arrayrecord
 
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Messages built outside a Flower run need a task identity."""
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
+pytestmark = pytest.mark.usefixtures("task_identity")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from tiny import TINY_RUN
 
 from client.app import handle_population
@@ -197,11 +196,7 @@ class InProcessNodes:
         return replies
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Messages built outside a Flower run need a task identity."""
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
+pytestmark = pytest.mark.usefixtures("task_identity")  # conftest.py
 
 
 @pytest.fixture(scope="module")

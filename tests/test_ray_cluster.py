@@ -53,6 +53,18 @@ def _env(marker: str, **extra: str) -> dict[str, str]:
     }
 
 
+def _fedgeo(args: list[str], marker: str, timeout: float) -> subprocess.CompletedProcess:
+    """The ``fedgeo`` command in a process carrying ``marker``."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedgeo.cli.main", *args],
+        env=_env(marker),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
 def _wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -143,14 +155,7 @@ def test_simulation_runs_clients_on_both_nodes_of_a_ray_cluster(cluster: str, tm
     watcher = threading.Thread(target=_nodes_of_client_actors, args=(stop, seen), daemon=True)
     watcher.start()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "fedgeo.cli.main", *command],
-            env=_env(marker),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO,
-        )
+        done = _fedgeo(command, marker, timeout=300)
     finally:
         stop.set()
         watcher.join()
@@ -175,14 +180,7 @@ def test_an_unreachable_ray_address_is_a_one_line_error(tmp_path: Path):
     command = ["simulate", "--strategy", "fedavg", "--rounds", "1", "--out", str(tmp_path)]
     command += ["--no-progress", "--ray-address", f"127.0.0.1:{_free_port()}"]
     command += [f"--set={k}={v}" for k, v in TINY_RUN.items()]
-    done = subprocess.run(
-        [sys.executable, "-m", "fedgeo.cli.main", *command],
-        env=_env(marker),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    done = _fedgeo(command, marker, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Ray cluster" in lines[0], done.stderr
