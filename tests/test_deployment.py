@@ -494,8 +494,18 @@ class Federation:
     registered: list[int]
     joined: list[tuple[subprocess.Popen, Path]]
     refused: dict[str, tuple[subprocess.Popen, Path]]
-    run_id: str
+    run_config: str
     out_dir: Path
+    run_ids: list[str] = field(default_factory=list)
+
+    @property
+    def logs(self) -> list[Path]:
+        return [log for _, log in self.joined] + [self.link.log]
+
+
+ROUNDS = 2
+"""Rounds of the module's FedGeo run: the SuperLink stops after round 1 and the run
+resumes for round 2."""
 
 
 @pytest.fixture(scope="module")
@@ -503,7 +513,7 @@ def federation(link: Link, city: dict, tmp_path_factory: pytest.TempPathFactory)
     """Three registered agents join and a two-round FedGeo run starts; at the same time
     three connections that must fail: an agent whose key was never registered, a
     SuperNode without TLS and one that does not trust the deployment's CA. The tests
-    then check the outcomes while the run goes on."""
+    then check the outcomes while the run goes on, interrupt it and resume it."""
     root = tmp_path_factory.mktemp("agents")
     folders = [make_agent(root / f"agent{i}", city["places"], city["users"][i]) for i in range(3)]
     stranger = make_agent(root / "stranger", city["places"], city["users"][3])
@@ -530,10 +540,13 @@ def federation(link: Link, city: dict, tmp_path_factory: pytest.TempPathFactory)
             ),
         }
         out_dir = root / "run-out"
-        run_id = _start_run(link, _run_config(city, out_dir))
-        yield Federation(
-            link, folders, [r.node_id for r in registrations], joined, refused, run_id, out_dir
-        )
+        run_config = _run_config(city, out_dir, ROUNDS)
+        federation = Federation(
+            link, folders, [r.node_id for r in registrations], joined, refused, run_config,
+            out_dir,
+        )  # fmt: skip
+        federation.run_ids.append(_start_run(link, run_config))
+        yield federation
     finally:
         procs.stop_all()
 
@@ -564,62 +577,6 @@ def test_agent_without_tls_cannot_connect(federation: Federation) -> None:
         assert reason in text, _tail(log)
 
 
-@pytest.mark.slow
-def test_two_rounds_then_predict(federation: Federation, city: dict, tmp_path: Path) -> None:
-    link, folders, out_dir = federation.link, federation.folders, federation.out_dir
-    logs = [log for _, log in federation.joined] + [link.log]
-
-    def finished() -> bool:
-        for process, log in federation.joined:
-            assert process.poll() is None, f"an agent stopped\n{_tail(log)}"
-        results = out_dir / "results.json"
-        return results.is_file() and "test" in json.loads(results.read_text())
-
-    wait_for(finished, RUN_TIMEOUT_S, "the FedGeo run to finish", logs)
-    results = json.loads((out_dir / "results.json").read_text())
-    assert results["nodes"]["federated"] == 3
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
-    assert results["test"]["samples"] > 0 and results["test_failures"] == 0
-    listing = ("list", "--run-id", str(federation.run_id), CONNECTION, "--format", "json")
-    wait_for(
-        lambda: "finished:completed" in link.flwr(*listing).stdout,
-        30,
-        "Flower to mark the run completed",
-        [link.log],
-    )
-
-    # Every device kept the final global model: the server's last checkpoint.
-    fetched = tmp_path / "global.npz"
-    assert _cli("deploy", "fetch-model", "--out-dir", str(out_dir), "--to", str(fetched))[0] == 0
-    server_arrays, server_meta = load_global_model(fetched)
-    assert server_meta["round"] == 2
-    for folder in folders:
-        arrays, meta = load_global_model(folder.model_path)
-        assert (meta["round"], meta["run_key"]) == (2, server_meta["run_key"])
-        assert meta["places_checksum"] == server_meta["places_checksum"]
-        assert meta["prior_checksum"] == server_meta["prior_checksum"]
-        assert arrays.keys() == server_arrays.keys()
-        for key, value in arrays.items():
-            np.testing.assert_array_equal(value, server_arrays[key])
-        status = folder.read_status()
-        assert status["last_round"] == 2 and status["node_id"] in federation.registered
-        state = folder.state_dir / server_meta["run_key"] / f"client-{status['node_id']}"
-        rounds = sorted(p.name for p in state.glob("round-*.npz"))
-        assert rounds == ["round-00001.npz", "round-00002.npz"]
-
-    # predict on one device, from its own latest model and from the fetched file.
-    place_ids = {str(pid) for pid in read_places_csv(city["places"]).ids}
-    for extra in ([], ["--model", str(fetched)]):
-        status, out = _cli(
-            "agent", "predict", "--dir", str(folders[0].root), "--top", "5", "--json", *extra
-        )
-        assert status == 0
-        reply = json.loads(out)
-        top = [str(entry["place_id"]) for entry in reply["top"]]
-        assert len(top) == 5 and len(set(top)) == 5 and set(top) <= place_ids
-        assert reply["model_round"] == 2 and reply["personal_state"]
-
-
 def _wait_reconnected(federation: Federation) -> None:
     """Wait until every registered agent is online again under its node id."""
     link, registered = federation.link, set(federation.registered)
@@ -633,54 +590,98 @@ def _wait_reconnected(federation: Federation) -> None:
     wait_for(reconnected, 60, "the agents to reconnect", [link.log])
 
 
-@pytest.mark.slow
-def test_restarted_superlink_keeps_node_ids(federation: Federation) -> None:
-    """The state database keeps registrations: after a restart the agents reconnect
-    under the same node ids (which name their personal state), so a resumed run
-    (``resume=true``, same ``out-dir``) addresses the same clients."""
-    federation.link.restart()
-    _wait_reconnected(federation)
-
-
 def _results(out_dir: Path) -> dict:
     path = out_dir / "results.json"
     return json.loads(path.read_text()) if path.is_file() else {"rounds": []}
 
 
+def _check_agents_alive(federation: Federation) -> None:
+    for process, log in federation.joined:
+        assert process.poll() is None, f"an agent stopped\n{_tail(log)}"
+
+
 @pytest.mark.slow
-def test_interrupted_run_resumes_from_its_checkpoint(
-    federation: Federation, city: dict, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_interrupted_run_resumes_from_its_checkpoint(federation: Federation) -> None:
     """docs/deployment.md, *Restarts and resuming*: the SuperLink stops during a run;
-    after its restart the same ``flwr run`` (same ``out-dir``, ``resume=true``) goes on
-    after the last checkpointed round, with the same devices and their personal state."""
-    link, rounds = federation.link, 3
-    out_dir = tmp_path_factory.mktemp("resume") / "run-out"
-    run_config = _run_config(city, out_dir, rounds)
-    logs = [log for _, log in federation.joined] + [link.log]
-    _start_run(link, run_config)
-    wait_for(lambda: _results(out_dir)["rounds"], RUN_TIMEOUT_S, "round 1", logs)
+    its state database keeps the registrations, so the agents reconnect under the same
+    node ids (which name their personal state), and the same ``flwr run`` (same
+    ``out-dir``, ``resume=true``) goes on after the last checkpointed round, with the
+    same devices and their personal state."""
+    link, out_dir = federation.link, federation.out_dir
+
+    def round_one() -> bool:
+        _check_agents_alive(federation)
+        return bool(_results(out_dir)["rounds"])
+
+    wait_for(round_one, RUN_TIMEOUT_S, "round 1", federation.logs)
     link.restart()  # stops the SuperLink and the run's ServerApp with it
     done = [r["round"] for r in _results(out_dir)["rounds"]]
-    assert done == list(range(1, len(done) + 1)) and len(done) < rounds, done
+    assert done == list(range(1, len(done) + 1)) and len(done) < ROUNDS, done
     _wait_reconnected(federation)
 
-    _start_run(link, run_config)
-    wait_for(lambda: "test" in _results(out_dir), RUN_TIMEOUT_S, "the resumed run", logs)
+    federation.run_ids.append(_start_run(link, federation.run_config))
+
+    def finished() -> bool:
+        _check_agents_alive(federation)
+        return "test" in _results(out_dir)
+
+    wait_for(finished, RUN_TIMEOUT_S, "the resumed run", federation.logs)
     results = _results(out_dir)
     assert results["resumed_at"] == [len(done) + 1]
-    assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
-    assert results["nodes"]["federated"] == 3 and results["test_failures"] == 0
+    assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
+    assert results["nodes"]["federated"] == 3
+    assert results["test"]["samples"] > 0 and results["test_failures"] == 0
     devices = {node_id & (2**63 - 1) for node_id in federation.registered}  # server names
     for record in results["rounds"]:  # the same three devices before and after
         assert set(record["participation"]["nodes"]) == devices, record["participation"]
-    for folder in federation.folders:  # each kept its personal state through the restart
-        state = list(folder.state_dir.glob(f"*/client-{folder.read_status()['node_id']}"))
-        resumed = [s for s in state if (s / f"round-{rounds:05d}.npz").is_file()]
-        assert len(resumed) == 1, state
-        names = sorted(p.name for p in resumed[0].glob("round-*.npz"))
-        kept = range(rounds - KEEP_FILES + 1, rounds + 1)  # the store keeps the latest
+    listing = ("list", "--run-id", str(federation.run_ids[-1]), CONNECTION, "--format", "json")
+    wait_for(
+        lambda: "finished:completed" in link.flwr(*listing).stdout,
+        30,
+        "Flower to mark the run completed",
+        [link.log],
+    )
+
+
+@pytest.mark.slow
+def test_every_device_keeps_the_final_model_and_predicts(
+    federation: Federation, city: dict, tmp_path: Path
+) -> None:
+    out_dir, folders = federation.out_dir, federation.folders
+    assert "test" in _results(out_dir), "the run did not finish (see the test above)"
+    # Every device kept the final global model: the server's last checkpoint.
+    fetched = tmp_path / "global.npz"
+    assert _cli("deploy", "fetch-model", "--out-dir", str(out_dir), "--to", str(fetched))[0] == 0
+    server_arrays, server_meta = load_global_model(fetched)
+    assert server_meta["round"] == ROUNDS
+    for folder in folders:
+        arrays, meta = load_global_model(folder.model_path)
+        assert (meta["round"], meta["run_key"]) == (ROUNDS, server_meta["run_key"])
+        assert meta["places_checksum"] == server_meta["places_checksum"]
+        assert meta["prior_checksum"] == server_meta["prior_checksum"]
+        assert arrays.keys() == server_arrays.keys()
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(value, server_arrays[key])
+        status = folder.read_status()
+        assert status["last_round"] == ROUNDS and status["node_id"] in federation.registered
+        # Its personal state went on through the restart: one folder, every round's file
+        # (the store keeps the latest KEEP_FILES).
+        state = folder.state_dir / server_meta["run_key"] / f"client-{status['node_id']}"
+        names = sorted(p.name for p in state.glob("round-*.npz"))
+        kept = range(max(1, ROUNDS - KEEP_FILES + 1), ROUNDS + 1)
         assert names == [f"round-{r:05d}.npz" for r in kept]
+
+    # predict on one device, from its own latest model and from the fetched file.
+    place_ids = {str(pid) for pid in read_places_csv(city["places"]).ids}
+    for extra in ([], ["--model", str(fetched)]):
+        status, out = _cli(
+            "agent", "predict", "--dir", str(folders[0].root), "--top", "5", "--json", *extra
+        )
+        assert status == 0
+        reply = json.loads(out)
+        top = [str(entry["place_id"]) for entry in reply["top"]]
+        assert len(top) == 5 and len(set(top)) == 5 and set(top) <= place_ids
+        assert reply["model_round"] == ROUNDS and reply["personal_state"]
 
 
 @pytest.mark.slow
