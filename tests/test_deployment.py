@@ -496,7 +496,8 @@ class Federation:
     refused: dict[str, tuple[subprocess.Popen, Path]]
     run_config: str
     out_dir: Path
-    run_ids: list[str] = field(default_factory=list)
+    run_id: str = ""
+    """The latest ``flwr run`` of the module's run (the resumed one, once resumed)."""
 
     @property
     def logs(self) -> list[Path]:
@@ -545,7 +546,7 @@ def federation(link: Link, city: dict, tmp_path_factory: pytest.TempPathFactory)
             link, folders, [r.node_id for r in registrations], joined, refused, run_config,
             out_dir,
         )  # fmt: skip
-        federation.run_ids.append(_start_run(link, run_config))
+        federation.run_id = _start_run(link, run_config)
         yield federation
     finally:
         procs.stop_all()
@@ -619,7 +620,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(federation: Federation) -> 
     assert done == list(range(1, len(done) + 1)) and len(done) < ROUNDS, done
     _wait_reconnected(federation)
 
-    federation.run_ids.append(_start_run(link, federation.run_config))
+    federation.run_id = _start_run(link, federation.run_config)
 
     def finished() -> bool:
         _check_agents_alive(federation)
@@ -634,7 +635,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(federation: Federation) -> 
     devices = {node_id & (2**63 - 1) for node_id in federation.registered}  # server names
     for record in results["rounds"]:  # the same three devices before and after
         assert set(record["participation"]["nodes"]) == devices, record["participation"]
-    listing = ("list", "--run-id", str(federation.run_ids[-1]), CONNECTION, "--format", "json")
+    listing = ("list", "--run-id", str(federation.run_id), CONNECTION, "--format", "json")
     wait_for(
         lambda: "finished:completed" in link.flwr(*listing).stdout,
         30,
