@@ -47,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=100, help="clients per round")
     ap.add_argument("--epochs", type=int, default=2, help="local epochs")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"), help="local optimizer")
+    ap.add_argument("--momentum", type=float, default=0.0, help="local SGD momentum")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-prior", action="store_true")
     ap.add_argument("--prior-k", type=int, default=10, help="neighbours per place in the prior")
@@ -55,9 +57,22 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--median-iters", type=int, default=10)
     ap.add_argument("--mu", type=float, default=0.0, help="proximal term")
     ap.add_argument("--server-lr", type=float, default=1.0)
+    ap.add_argument(
+        "--server-optimizer",
+        default="sgd",
+        choices=("sgd", "adam"),
+        help="server step on the mean update: sgd (FedAvg, step --server-lr) or adam "
+        "(FedAdam, Reddi et al. 2021: eta --server-lr, betas 0.9/0.99, tau --tau)",
+    )
+    ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam adaptivity epsilon")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="final line with validation metrics only (for screening designs)",
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -93,8 +108,16 @@ def main() -> None:
         ]
     )
     aggregate = get_aggregator(a.aggregation, max_iter=a.median_iters)
-    train_cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, device=device)
+    train_cfg = TrainConfig(
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        optimizer=a.optimizer,
+        momentum=a.momentum,
+        device=device,
+    )
     rng = np.random.default_rng(a.seed)
+    server_adam = ServerAdam(a.server_lr, tau=a.tau)
     started = time.time()
 
     def use_client(i: int) -> None:
@@ -138,22 +161,45 @@ def main() -> None:
         new_state = {}
         for key, old in global_state.items():
             value = torch.from_numpy(np.asarray(result.arrays[key])).to(old.dtype)
-            floating = old.dtype.is_floating_point
-            new_state[key] = old + a.server_lr * (value - old) if floating else value
+            if not old.dtype.is_floating_point:
+                new_state[key] = value
+            elif a.server_optimizer == "adam":
+                new_state[key] = old + server_adam.step(key, value - old, rnd)
+            else:
+                new_state[key] = old + a.server_lr * (value - old)
         global_state = new_state
         record = {"round": rnd, "drift": result.drift, "participants": len(replies)}
         record["seconds"] = round(time.time() - started, 1)
         if rnd % a.eval_every == 0:
             record["validation"] = federated_metrics("validation")
         emit(record)
-    emit(
-        {
-            "round": "final",
-            "test": federated_metrics("test"),
-            "validation": federated_metrics("validation"),
-            "seconds": round(time.time() - started, 1),
-        }
-    )
+    final: dict = {"round": "final"}
+    if not a.validation_only:
+        final["test"] = federated_metrics("test")
+    final["validation"] = federated_metrics("validation")
+    final["seconds"] = round(time.time() - started, 1)
+    emit(final)
+
+
+class ServerAdam:
+    """FedAdam's server step on the mean update ``delta`` (Reddi et al. 2021):
+    ``m = b1 m + (1 - b1) delta``, ``v = b2 v + (1 - b2) delta^2``,
+    step ``eta_t m / (sqrt(v) + tau)`` with Flower's bias-corrected
+    ``eta_t = eta sqrt(1 - b2^(t+1)) / (1 - b1^(t+1))`` in round ``t``."""
+
+    def __init__(self, eta: float, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3):
+        self.eta, self.beta_1, self.beta_2, self.tau = eta, beta_1, beta_2, tau
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def step(self, key: str, delta: torch.Tensor, server_round: int) -> torch.Tensor:
+        m = self.m.get(key, torch.zeros_like(delta))
+        v = self.v.get(key, torch.zeros_like(delta))
+        self.m[key] = m = self.beta_1 * m + (1 - self.beta_1) * delta
+        self.v[key] = v = self.beta_2 * v + (1 - self.beta_2) * delta * delta
+        t = server_round + 1.0
+        eta = self.eta * (1 - self.beta_2**t) ** 0.5 / (1 - self.beta_1**t)
+        return eta * m / (v.sqrt() + self.tau)
 
 
 def model_options(pairs: list[str]) -> dict[str, object]:

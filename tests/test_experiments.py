@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments.config import ROOT, ConfigError, load_config
 from experiments.report import markdown_table, summarize, write_report
@@ -268,6 +271,39 @@ def test_design_sweep_reads_model_options() -> None:
     assert options == {"prior_gate_bias": 0, "prior_score_places": "all", "return_score": False}
     with pytest.raises(SystemExit, match="OPTION=VALUE"):
         model_options(["prior_gate_bias"])
+
+
+def test_design_sweep_server_adam_is_flowers_fedadam_step() -> None:
+    """The sweep's server Adam takes Flower's bias-corrected FedAdam step."""
+    from experiments.design_sweep import ServerAdam
+
+    adam = ServerAdam(eta=0.1, tau=1e-3)
+    delta = torch.tensor([0.5, -2.0])
+    m, v = torch.zeros(2), torch.zeros(2)
+    for server_round in (1, 2):
+        m = 0.9 * m + 0.1 * delta
+        v = 0.99 * v + 0.01 * delta**2
+        eta = 0.1 * (1 - 0.99 ** (server_round + 1)) ** 0.5 / (1 - 0.9 ** (server_round + 1))
+        step = adam.step("w", delta, server_round)
+        assert torch.allclose(step, eta * m / (v.sqrt() + 1e-3))
+
+
+def test_design_sweep_validation_only_reports_no_test_metrics() -> None:
+    """``--validation-only`` (for screening) never computes test metrics."""
+    script = ROOT / "experiments" / "design_sweep.py"
+    args = ["--rounds", "1", "--clients", "3", "--epochs", "1", "--optimizer", "sgd"]
+    args += ["--lr", "0.1", "--server-optimizer", "adam", "--server-lr", "0.01"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--validation-only", "--eval-every", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    final = json.loads(done.stdout.strip().splitlines()[-1])
+    assert final["round"] == "final" and "test" not in final
+    assert 0.0 <= final["validation"]["mrr"] <= 1.0 and final["validation"]["samples"] > 0
 
 
 def test_set_changes_a_key_for_every_run_below_the_methods_own(

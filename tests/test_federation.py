@@ -211,7 +211,7 @@ def test_rounds_without_good_replies_keep_the_model(runs):
     assert results["test_failures"] == NODES and results["test"]["samples"] == 0
 
 
-def _cli(args: list[str], marker: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(args: list[str], marker: str, timeout: float = 300) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "FEDGEO_TEST_MARKER": marker, "PYTHONPATH": path}
     return subprocess.run(
