@@ -348,3 +348,33 @@ def test_personal_memory_switch_removes_memory_inputs():
     assert "memory" not in batch
     assert model(batch).shape == (1, len(places))
     assert model.personal_state() == {}
+
+
+def test_window_pointer_features_count_and_date_the_window_only():
+    from fedgeo.models.features import WINDOW_FEATURES, window_pointer_features
+
+    # padding (index 5), then places 2, 3, 2: place 2 twice, last seen now; 3 once, age 1.
+    pointer = window_pointer_features(torch.tensor([[5, 2, 3, 2]]), num_places=5)[0]
+    count = pointer[WINDOW_FEATURES.index("window-count")]
+    recency = pointer[WINDOW_FEATURES.index("window-recency")]
+    np.testing.assert_allclose(count.numpy(), np.log1p([0, 0, 2, 1, 0]), atol=1e-6)
+    np.testing.assert_allclose(recency.numpy(), [0, 0, 1.0, 0.8, 0], atol=1e-6)
+
+
+def test_window_pointer_ranks_recent_places_first_without_memory():
+    """Untrained and without the on-device memory, the window pointer alone already
+    ranks the places of the recent window above every other; it is a shared parameter."""
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4])
+    base = dict(SMALL, personal_memory=False, prior_propagation=False, prior_score=False)
+    index = SampleIndex([user])
+    model, features = build_model(12, 1, ModelConfig(**base, window_pointer=True), seed=0)
+    batch = features.build(index, np.array([0]), np.array([6]))  # window 0, 2, 0, 1
+    with torch.no_grad():
+        scores = model.eval()(batch)[0]
+    in_window = torch.tensor([0, 1, 2])
+    others = torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 11])
+    assert scores[in_window].min() > scores[others].max()
+    assert scores[0] > scores[1] > scores[2]  # twice in the window > last check-in > once
+    assert any(k.startswith("window_gate.") for k in model.shared_state())
+    plain, _ = build_model(12, 1, ModelConfig(**base), seed=0)
+    assert not any(k.startswith("window_gate.") for k in plain.state_dict())

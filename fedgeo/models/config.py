@@ -21,13 +21,15 @@ OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "prior_score_places": "all",
     "population_prior": False,
     "architecture": "memory",
+    "window_pointer": False,
 }
 """What a stored configuration that lacks these options meant: it was written before they
 existed (:meth:`ModelConfig.from_dict`). The first three came with memory model v2 (return
 score: a config without them is memory model v1, which had no return score);
 ``prior_score_places`` with memory model v3 (a config without it, v2's included, had the
 prior score lift every place); ``population_prior`` with the population prior (off before);
-``architecture`` with the model zoo (the memory model before).
+``architecture`` with the model zoo (the memory model before); ``window_pointer`` with the
+window pointer (off before).
 docs/model.md names the versions."""
 
 
@@ -95,6 +97,13 @@ class ModelConfig:
     how many *other* users moved from the last place to each place, and how many visited
     it, each split into places the user has and has not visited. The gates start at zero,
     so the untrained model is unchanged; the counts come from federated analytics."""
+
+    window_pointer: bool = False
+    """Add context-gated scores for the places in the recent window the encoder reads:
+    ``log(1 + count in the window)`` and ``0.8^age`` of the latest visit there (a copy
+    mechanism). It reads only the sample's input, not the on-device memory, so the
+    no-memory regime can rank the returns that dominate next-location targets from the
+    first round; its gates start at softplus(1)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in MODELS:

@@ -40,10 +40,27 @@ MEMORY_FEATURES = ("freq", "trans", "slot", "recency")
 POPULATION_FEATURES = ("trans-visited", "trans-new", "visitors-visited", "visitors-new")
 """The population scores: others' transitions out of the last place and others' visits,
 each on the places the user has visited and on the others."""
+WINDOW_FEATURES = ("window-count", "window-recency")
+"""The window pointer's scores (:func:`window_pointer_features`)."""
 FREQ = MEMORY_FEATURES.index("freq")
 """Index of the visit counts in a batch's ``memory``."""
 # 1970-01-01 was a Thursday: shift so that hour-of-week 0 is Monday 00:00.
 _EPOCH_HOUR_SHIFT = 72
+
+
+def window_pointer_features(window_places: torch.Tensor, num_places: int) -> torch.Tensor:
+    """Per sample and place, ``log(1 + visits)`` within the left-padded window
+    ``(B, W)`` (padding index ``num_places``) and ``RECENCY_DECAY^age`` of the latest of
+    them (age 0: the last check-in); ``(B, 2, num_places)``, zero for places outside it."""
+    batch, width = window_places.shape
+    valid = (window_places != num_places).to(torch.float32)
+    age = torch.arange(width - 1, -1, -1, device=window_places.device, dtype=torch.float32)
+    recency = (RECENCY_DECAY**age).expand(batch, width) * valid
+    counts = torch.zeros(batch, num_places + 1, device=window_places.device)
+    counts.scatter_add_(1, window_places, valid)
+    latest = torch.zeros(batch, num_places + 1, device=window_places.device)
+    latest.scatter_reduce_(1, window_places, recency, reduce="amax")
+    return torch.stack([torch.log1p(counts), latest], dim=1)[:, :, :num_places]
 
 
 def hour_of_week(local_seconds: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ Scores over all ``L`` places for a batch built by :class:`~fedgeo.models.feature
             + (G_r q + c_r) * 1[freq[l] > 0]                         return score (optional)
             + softplus(G_a q + c_a) * A_row(last)[l]                 prior score
             + sum_f (G_p q + c_p)_f * P_f[l]                          population score (optional)
+            + sum_f softplus(G_w q + c_w)_f * W_f[l]                  window pointer (optional)
 
 Parameter names starting with ``user_embedding`` are personal: a federation never
 sends them (see :meth:`NextLocationModel.shared_state`). The adjacency ``A`` is a
@@ -25,7 +26,14 @@ from torch import nn
 
 from fedgeo.models.config import ModelConfig
 from fedgeo.models.encoders import build_encoder
-from fedgeo.models.features import FREQ, HOURS_PER_WEEK, MEMORY_FEATURES, POPULATION_FEATURES
+from fedgeo.models.features import (
+    FREQ,
+    HOURS_PER_WEEK,
+    MEMORY_FEATURES,
+    POPULATION_FEATURES,
+    WINDOW_FEATURES,
+    window_pointer_features,
+)
 
 PERSONAL_PREFIXES = ("user_embedding.",)
 
@@ -96,6 +104,10 @@ class NextLocationModel(nn.Module):
             self.population_gate = nn.Linear(gate_in, len(POPULATION_FEATURES))
             nn.init.zeros_(self.population_gate.weight)
             nn.init.zeros_(self.population_gate.bias)
+        if cfg.window_pointer:
+            self.window_gate = nn.Linear(gate_in, len(WINDOW_FEATURES))
+            nn.init.zeros_(self.window_gate.weight)
+            nn.init.constant_(self.window_gate.bias, 1.0)
         if prior_matrix is not None and cfg.prior_propagation:
             self.register_buffer("prior_matrix", prior_matrix.coalesce(), persistent=False)
         else:
@@ -151,6 +163,10 @@ class NextLocationModel(nn.Module):
             if self.config.return_score:
                 seen = (batch["memory"][:, FREQ] > 0).to(scores.dtype)
                 scores = scores + self.return_gate(context) * seen
+        if self.config.window_pointer:
+            gates = nn.functional.softplus(self.window_gate(context))
+            pointer = window_pointer_features(batch["window_places"], self.num_places)
+            scores = scores + torch.einsum("bf,bfl->bl", gates, pointer.to(scores.dtype))
         if self.config.population_prior and "population" in batch:
             gates = self.population_gate(context)
             scores = scores + torch.einsum("bf,bfl->bl", gates, batch["population"])
