@@ -339,3 +339,37 @@ def test_bad_set_exits_2_naming_it(
     assert main([str(small_config), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "small").exists()  # nothing ran
+
+
+def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
+    """Popularity ranks by training-target counts; the window copy puts the places of the
+    last W check-ins first, the more often visited there the higher."""
+    import numpy as np
+
+    from experiments.nomemory_screen import reference_ranks, target_counts
+    from fedgeo.data.dataset import UserData
+    from fedgeo.models import SampleIndex
+
+    def user(places: list[int]) -> UserData:
+        n = len(places)
+        return UserData(
+            user_id=n,
+            places=np.asarray(places, dtype=np.int64),
+            times=1_700_000_000 + 3600 * np.arange(n, dtype=np.int64),
+            local_offsets=np.zeros(n, dtype=np.int32),
+            traj_start=np.zeros(n, dtype=np.int64),
+            train=np.arange(1, n - 1, dtype=np.int64),
+            validation=np.array([n - 1], dtype=np.int64),
+            test=np.array([], dtype=np.int64),
+        )
+
+    # training targets: place 5 four times, places 1 and 2 three times each
+    index = SampleIndex([user([0, 5, 5, 5, 5, 1, 1, 2, 1]), user([3, 2, 1, 2, 3])])
+    counts = target_counts(index, num_places=6)
+    np.testing.assert_array_equal(counts, [0, 3, 3, 0, 0, 4])
+    ranks = reference_ranks(index, counts, window=3)
+    # user 0's target 1: after 5 (its tie with 2 counts below it); user 1's 3: last of 4
+    assert list(ranks["popularity"]) == [2, 4]
+    # window of user 0 before its target: 1, 1, 2 -> place 1 first; user 1's window
+    # 2, 1, 2 -> 2 first, then 1, then by popularity 5 before the target 3
+    assert list(ranks["window-copy W=3"]) == [1, 4]
