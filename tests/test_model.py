@@ -9,7 +9,12 @@ import torch
 from fedgeo.data.dataset import Places, UserData
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
 from fedgeo.models import FeatureBuilder, ModelConfig, SampleIndex, build_model
-from fedgeo.models.features import MEMORY_FEATURES, hour_of_week
+from fedgeo.models.features import (
+    MEMORY_FEATURES,
+    WINDOW_COUNT,
+    hour_of_week,
+    window_pointer_features,
+)
 
 SMALL = dict(embedding_dim=8, hidden_dim=16, window=4, dropout=0.0)
 
@@ -190,6 +195,16 @@ def test_prior_score_lifts_only_new_places_by_default():
         torch.testing.assert_close(every(batch), no_prior(batch) + lift)
     memoryless = ModelConfig(**base, personal_memory=False)
     assert memoryless.prior_score_places == "new"
+    # Without memory but with the window pointer, the window's places are the known ones.
+    pointer_base = dict(base, personal_memory=False, window_pointer=True)
+    no_prior, _ = build_model(12, 1, ModelConfig(**pointer_base, prior_score=False), seed=2)
+    new_only, features = build_model(12, 1, ModelConfig(**pointer_base), prior, seed=2)
+    batch = features.build(index, np.zeros(2, dtype=np.int64), np.array([4, 8]))
+    in_window = window_pointer_features(batch["window_places"], 12)[:, WINDOW_COUNT] > 0
+    assert bool((lift * in_window > 0).any())
+    with torch.no_grad():
+        lifted = no_prior.eval()(batch) + lift * ~in_window
+        torch.testing.assert_close(new_only.eval()(batch), lifted)
     with pytest.raises(ValueError, match="model-prior-score-places"):
         ModelConfig(prior_score_places="visited")
 
@@ -351,7 +366,7 @@ def test_personal_memory_switch_removes_memory_inputs():
 
 
 def test_window_pointer_features_count_and_date_the_window_only():
-    from fedgeo.models.features import WINDOW_FEATURES, window_pointer_features
+    from fedgeo.models.features import WINDOW_FEATURES
 
     # padding (index 5), then places 2, 3, 2: place 2 twice, last seen now; 3 once, age 1.
     pointer = window_pointer_features(torch.tensor([[5, 2, 3, 2]]), num_places=5)[0]

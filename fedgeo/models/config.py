@@ -89,8 +89,9 @@ class ModelConfig:
     prior_score_places: str = "new"
     """Which places the prior score lifts: ``"new"`` (only places absent from the user's
     memory, freq = 0: the prior orders the places a user may explore and leaves the
-    ranking of the visited ones to the personal memory; without ``personal_memory`` no
-    place is known as visited, so it lifts all) or ``"all"`` (every place; memory model v2)."""
+    ranking of the visited ones to the personal memory; without ``personal_memory``, only
+    places outside the recent window when ``window_pointer`` is on, else every place) or
+    ``"all"`` (every place; memory model v2)."""
 
     population_prior: bool = False
     """Add context-gated scores from the population prior (:mod:`fedgeo.population`):

@@ -42,6 +42,8 @@ POPULATION_FEATURES = ("trans-visited", "trans-new", "visitors-visited", "visito
 each on the places the user has visited and on the others."""
 WINDOW_FEATURES = ("window-count", "window-recency")
 """The window pointer's scores (:func:`window_pointer_features`)."""
+WINDOW_COUNT = WINDOW_FEATURES.index("window-count")
+"""Index of the window's visit counts in :func:`window_pointer_features`."""
 FREQ = MEMORY_FEATURES.index("freq")
 """Index of the visit counts in a batch's ``memory``."""
 # 1970-01-01 was a Thursday: shift so that hour-of-week 0 is Monday 00:00.

@@ -31,6 +31,7 @@ from fedgeo.models.features import (
     HOURS_PER_WEEK,
     MEMORY_FEATURES,
     POPULATION_FEATURES,
+    WINDOW_COUNT,
     WINDOW_FEATURES,
     window_pointer_features,
 )
@@ -163,6 +164,7 @@ class NextLocationModel(nn.Module):
             if self.config.return_score:
                 seen = (batch["memory"][:, FREQ] > 0).to(scores.dtype)
                 scores = scores + self.return_gate(context) * seen
+        pointer = None
         if self.config.window_pointer:
             gates = nn.functional.softplus(self.window_gate(context))
             pointer = window_pointer_features(batch["window_places"], self.num_places)
@@ -173,8 +175,15 @@ class NextLocationModel(nn.Module):
         if self.config.prior_score and "prior_row" in batch:
             gate = nn.functional.softplus(self.prior_gate(context))
             prior_row = batch["prior_row"]
-            if self.config.prior_score_places == "new" and self.config.personal_memory:
-                prior_row = prior_row * (batch["memory"][:, FREQ] == 0).to(prior_row.dtype)
+            if self.config.prior_score_places == "new":
+                if self.config.personal_memory:
+                    known = batch["memory"][:, FREQ] > 0
+                elif pointer is not None:  # without memory, the window is what is known
+                    known = pointer[:, WINDOW_COUNT] > 0
+                else:
+                    known = None
+                if known is not None:
+                    prior_row = prior_row * (~known).to(prior_row.dtype)
             scores = scores + gate * prior_row
         return scores
 
