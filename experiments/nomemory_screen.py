@@ -74,24 +74,33 @@ def target_counts(index: SampleIndex, num_places: int) -> np.ndarray:
     return np.bincount(targets, minlength=num_places).astype(np.float64)
 
 
-def reference_ranks(
-    index: SampleIndex, popularity: np.ndarray, window: int
-) -> dict[str, np.ndarray]:
-    """1-based ranks of the validation targets under popularity and the window copy
-    (places tied with the target count as ranked below it)."""
+def validation_targets(index: SampleIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each validation sample's start offset, position and target place."""
     users, positions = index.samples("validation")
-    by_popularity = popularity / (popularity.max() + 1.0)
-    ranks: dict[str, list[int]] = {"popularity": [], f"window-copy W={window}": []}
-    for user, p in zip(users, positions, strict=True):
-        start = index.offsets[user]
-        target = index.places[start + p]
-        ranks["popularity"].append(1 + int((by_popularity > by_popularity[target]).sum()))
-        # window visits first, then recency (later check-ins weigh 0.01 more), then popularity
-        score = by_popularity * 1e-3
+    starts = index.offsets[users]
+    return starts, positions, index.places[starts + positions]
+
+
+def popularity_ranks(index: SampleIndex, popularity: np.ndarray) -> np.ndarray:
+    """1-based ranks of the validation targets by popularity (places tied with the
+    target count as ranked below it)."""
+    _, _, targets = validation_targets(index)
+    ordered = np.sort(popularity)
+    return 1 + len(ordered) - np.searchsorted(ordered, popularity[targets], side="right")
+
+
+def window_copy_ranks(index: SampleIndex, popularity: np.ndarray, window: int) -> np.ndarray:
+    """1-based ranks of the validation targets by the window copy: visits in the last
+    ``window`` check-ins, then recency (later check-ins weigh 0.01 more), then popularity
+    (places tied with the target count as ranked below it)."""
+    by_popularity = popularity / (popularity.max() + 1.0) * 1e-3
+    ranks = []
+    for start, p, target in zip(*validation_targets(index), strict=True):
+        score = by_popularity.copy()
         for position, place in enumerate(index.places[max(start, start + p - window) : start + p]):
             score[place] += 1.0 + 0.01 * position
-        ranks[f"window-copy W={window}"].append(1 + int((score > score[target]).sum()))
-    return {name: np.asarray(values) for name, values in ranks.items()}
+        ranks.append(1 + int((score > score[target]).sum()))
+    return np.asarray(ranks)
 
 
 def summary(ranks: np.ndarray) -> dict[str, float]:
@@ -102,12 +111,11 @@ def summary(ranks: np.ndarray) -> dict[str, float]:
 def references(dataset: Dataset, windows: list[int]) -> None:
     index = SampleIndex(dataset.users)
     popularity = target_counts(index, dataset.num_places)
-    seen = set()
+    rankings = {"popularity": popularity_ranks(index, popularity)}
     for window in windows:
-        for name, ranks in reference_ranks(index, popularity, window).items():
-            if name not in seen:
-                seen.add(name)
-                print(json.dumps({"ranking": name, "validation": summary(ranks)}), flush=True)
+        rankings[f"window-copy W={window}"] = window_copy_ranks(index, popularity, window)
+    for name, ranks in rankings.items():
+        print(json.dumps({"ranking": name, "validation": summary(ranks)}), flush=True)
 
 
 def pooled(dataset: Dataset, a: argparse.Namespace) -> None:

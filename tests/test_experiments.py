@@ -346,7 +346,7 @@ def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
     last W check-ins first, the more often visited there the higher."""
     import numpy as np
 
-    from experiments.nomemory_screen import reference_ranks, target_counts
+    from experiments.nomemory_screen import popularity_ranks, target_counts, window_copy_ranks
     from fedgeo.data.dataset import UserData
     from fedgeo.models import SampleIndex
 
@@ -367,9 +367,8 @@ def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
     index = SampleIndex([user([0, 5, 5, 5, 5, 1, 1, 2, 1]), user([3, 2, 1, 2, 3])])
     counts = target_counts(index, num_places=6)
     np.testing.assert_array_equal(counts, [0, 3, 3, 0, 0, 4])
-    ranks = reference_ranks(index, counts, window=3)
     # user 0's target 1: after 5 (its tie with 2 counts below it); user 1's 3: last of 4
-    assert list(ranks["popularity"]) == [2, 4]
+    assert list(popularity_ranks(index, counts)) == [2, 4]
     # window of user 0 before its target: 1, 1, 2 -> place 1 first; user 1's window
     # 2, 1, 2 -> 2 first, then 1, then by popularity 5 before the target 3
-    assert list(ranks["window-copy W=3"]) == [1, 4]
+    assert list(window_copy_ranks(index, counts, window=3)) == [1, 4]
