@@ -106,3 +106,27 @@ def test_flashback_weighs_past_states_by_time_and_distance() -> None:
     with pytest.raises(ValueError, match="coordinates"):
         build_model(12, 1, ModelConfig(**SMALL, architecture="flashback", prior_propagation=False,
                                        prior_score=False))  # fmt: skip
+
+
+def test_transformer_reads_time_intervals_and_distances() -> None:
+    """The Transformer's inputs carry each check-in's time interval and distance to the
+    last one: the same window with other intervals gives another state; it needs the
+    coordinates."""
+    from fedgeo.models.encoders import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(4, 3, 3).eval()
+    x, valid = torch.randn(1, 3, 4), torch.tensor([[True, True, True]])
+    near = {
+        "window_gap_hours": torch.tensor([[2.0, 1.0, 0.0]]),
+        "window_distance_km": torch.tensor([[0.5, 0.2, 0.0]]),
+    }
+    state = encoder(x, valid, near)
+    assert not torch.allclose(
+        state, encoder(x, valid, {**near, "window_gap_hours": near["window_gap_hours"] * 48})
+    )
+    far = {**near, "window_distance_km": torch.tensor([[30.0, 12.0, 0.0]])}
+    assert not torch.allclose(state, encoder(x, valid, far))
+    with pytest.raises(ValueError, match="coordinates"):
+        build_model(12, 1, ModelConfig(**SMALL, architecture="transformer", prior_propagation=False,
+                                       prior_score=False))  # fmt: skip

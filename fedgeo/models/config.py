@@ -8,6 +8,9 @@ from typing import Any
 MODELS = ("memory", "lstm", "transformer", "flashback")
 """Names of the models (:attr:`ModelConfig.architecture`; their sequence encoders are in
 :mod:`fedgeo.models.encoders`)."""
+COORDINATE_MODELS = ("transformer", "flashback")
+"""The models whose encoders read time intervals and distances between check-ins, and so
+need the places' coordinates."""
 TRAINING_MEMORIES = ("past", "leave-one-out")
 """Values of :attr:`ModelConfig.training_memory`."""
 SHARED_SCORE_INITS = ("random", "zero")
@@ -156,8 +159,9 @@ class ModelConfig:
 
     @property
     def needs_coordinates(self) -> bool:
-        """Whether the features need the places' coordinates (Flashback's distances)."""
-        return self.architecture == "flashback"
+        """Whether the features need the places' coordinates (the distances that Flashback
+        and the Transformer read)."""
+        return self.architecture in COORDINATE_MODELS
 
     @property
     def uses_prior(self) -> bool:

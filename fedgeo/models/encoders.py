@@ -46,15 +46,22 @@ class LSTMEncoder(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """Causal self-attention over the window (two layers, two heads, learned position
-    encodings; the hour-of-week is already in ``x``). Each check-in attends to the
-    check-ins before it and to itself; padding is never attended to. The output at the
-    last check-in, projected to ``hidden``, is the state."""
+    """Causal self-attention over the window (two layers, two heads, pre-norm). Each
+    check-in's input is its place and hour-of-week embedding (``x``) plus three
+    encodings: a learned one of its position in the window, and learned linear ones of
+    its time interval and its distance to the last check-in, ``log(1 + Δt / 1 h)`` and
+    ``log(1 + Δd / 1 km)`` (the interval-aware inputs of STAN, Luo et al., WWW 2021, as
+    additive encodings). Each check-in attends to the check-ins before it and to itself;
+    padding is never attended to. The output at the last check-in, projected to
+    ``hidden``, is the state. Reads ``window_gap_hours`` and ``window_distance_km``."""
 
     def __init__(self, d: int, hidden: int, window: int, layers: int = 2, heads: int = 2) -> None:
         super().__init__()
         self.position = nn.Embedding(window, d)
         nn.init.normal_(self.position.weight, std=0.02)
+        self.interval = nn.Linear(2, d)
+        nn.init.normal_(self.interval.weight, std=0.02)
+        nn.init.zeros_(self.interval.bias)
         layer = nn.TransformerEncoderLayer(
             d, heads, dim_feedforward=2 * d, dropout=0.0, batch_first=True, norm_first=True
         )
@@ -63,7 +70,11 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, batch: dict) -> torch.Tensor:
         b, w, _ = x.shape
-        x = x + self.position.weight[None, :w]
+        intervals = torch.stack(
+            [torch.log1p(batch["window_gap_hours"]), torch.log1p(batch["window_distance_km"])],
+            dim=-1,
+        )  # (B, W, 2); padding has 0 in both
+        x = x + self.position.weight[None, :w] + self.interval(intervals)
         later = torch.triu(torch.ones(w, w, dtype=torch.bool, device=x.device), diagonal=1)
         blocked = later[None] | ~valid[:, None, :]  # (B, query, key): True = not allowed
         blocked = blocked & ~torch.eye(w, dtype=torch.bool, device=x.device)[None]
