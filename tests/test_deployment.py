@@ -68,6 +68,9 @@ RUN_TIMEOUT_S = 600.0
 2-core machine), so a 4-round run can take several minutes; this is a liveness bound, not
 a speed check."""
 CONNECTION = "fedgeo-test"
+AGENTS = 2
+"""Registered agents that join the module's run (each message starts a ``flwr-clientapp``
+process on each of them, so every one more costs a process start per message)."""
 
 # ----------------------------------------------------------------------------------
 # synthetic users and agents
@@ -464,9 +467,9 @@ def _run_config(city: dict, out_dir: Path, rounds: int = 2) -> str:
             f'places-path="{city["places"]}"',
             f'out-dir="{out_dir}"',
             "resume=true",
-            "min-available-nodes=3",
-            "min-train-nodes=3",
-            "min-evaluate-nodes=3",
+            f"min-available-nodes={AGENTS}",
+            f"min-train-nodes={AGENTS}",
+            f"min-evaluate-nodes={AGENTS}",
             "node-wait=90.0",
             "round-timeout=90.0",
             "model-embedding-dim=8",
@@ -511,12 +514,14 @@ resumes for round 2."""
 
 @pytest.fixture(scope="module")
 def federation(link: Link, city: dict, tmp_path_factory: pytest.TempPathFactory):
-    """Three registered agents join and a two-round FedGeo run starts; at the same time
+    """The registered agents join and a two-round FedGeo run starts; at the same time
     three connections that must fail: an agent whose key was never registered, a
     SuperNode without TLS and one that does not trust the deployment's CA. The tests
     then check the outcomes while the run goes on, interrupt it and resume it."""
     root = tmp_path_factory.mktemp("agents")
-    folders = [make_agent(root / f"agent{i}", city["places"], city["users"][i]) for i in range(3)]
+    folders = [
+        make_agent(root / f"agent{i}", city["places"], city["users"][i]) for i in range(AGENTS)
+    ]
     stranger = make_agent(root / "stranger", city["places"], city["users"][3])
     registrations = register_keys([f.public_key_path for f in folders], CONNECTION, env=link.env)
     assert all(r.node_id is not None for r in registrations), registrations
@@ -630,10 +635,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(federation: Federation) -> 
     results = _results(out_dir)
     assert results["resumed_at"] == [len(done) + 1]
     assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
-    assert results["nodes"]["federated"] == 3
+    assert results["nodes"]["federated"] == AGENTS
     assert results["test"]["samples"] > 0 and results["test_failures"] == 0
     devices = {node_id & (2**63 - 1) for node_id in federation.registered}  # server names
-    for record in results["rounds"]:  # the same three devices before and after
+    for record in results["rounds"]:  # the same devices before and after
         assert set(record["participation"]["nodes"]) == devices, record["participation"]
     listing = ("list", "--run-id", str(federation.run_id), CONNECTION, "--format", "json")
     wait_for(
