@@ -60,11 +60,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--server-optimizer",
         default="sgd",
-        choices=("sgd", "adam"),
-        help="server step on the mean update: sgd (FedAvg, step --server-lr) or adam "
-        "(FedAdam, Reddi et al. 2021: eta --server-lr, betas 0.9/0.99, tau --tau)",
+        choices=("sgd", "adam", "fedexp"),
+        help="server step on the aggregated update: sgd (FedAvg, step --server-lr), adam "
+        "(FedAdam, Reddi et al. 2021: eta --server-lr, betas 0.9/0.99, tau --tau) or fedexp "
+        "(FedExP, Jhunjhunwala et al. 2023: an adaptive step of at least 1, eps --tau)",
     )
-    ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam adaptivity epsilon")
+    ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam adaptivity / FedExP epsilon")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -158,6 +159,9 @@ def main() -> None:
             arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
             replies.append((arrays, stats["num-examples"]))
         result = aggregate(replies)
+        server_lr = a.server_lr
+        if a.server_optimizer == "fedexp":
+            server_lr = fedexp_step(global_state, replies, result.arrays, a.tau)
         new_state = {}
         for key, old in global_state.items():
             value = torch.from_numpy(np.asarray(result.arrays[key])).to(old.dtype)
@@ -166,9 +170,11 @@ def main() -> None:
             elif a.server_optimizer == "adam":
                 new_state[key] = old + server_adam.step(key, value - old, rnd)
             else:
-                new_state[key] = old + a.server_lr * (value - old)
+                new_state[key] = old + server_lr * (value - old)
         global_state = new_state
         record = {"round": rnd, "drift": result.drift, "participants": len(replies)}
+        if a.server_optimizer == "fedexp":
+            record["server_lr"] = round(server_lr, 3)
         record["seconds"] = round(time.time() - started, 1)
         if rnd % a.eval_every == 0:
             record["validation"] = federated_metrics("validation")
@@ -179,6 +185,23 @@ def main() -> None:
     final["validation"] = federated_metrics("validation")
     final["seconds"] = round(time.time() - started, 1)
     emit(final)
+
+
+def fedexp_step(
+    global_state: dict[str, torch.Tensor],
+    replies: list[tuple[dict[str, np.ndarray], int]],
+    aggregate: dict[str, np.ndarray],
+    eps: float,
+) -> float:
+    """FedExP's server step size (Jhunjhunwala et al., ICLR 2023), for any aggregate:
+    ``max(1, mean_i |d_i|^2 / (2 (|d|^2 + eps)))`` with ``d_i`` client ``i``'s update and
+    ``d`` the aggregated update, over every floating shared weight. When the clients'
+    updates disagree (drift) their aggregate is short and the server extrapolates."""
+    keys = [k for k, v in global_state.items() if v.dtype.is_floating_point]
+    old = {k: global_state[k].double().numpy() for k in keys}
+    clients = [sum(float(np.sum((arrays[k] - old[k]) ** 2)) for k in keys) for arrays, _ in replies]
+    mean = sum(float(np.sum((np.asarray(aggregate[k]) - old[k]) ** 2)) for k in keys)
+    return max(1.0, float(np.mean(clients)) / (2.0 * (mean + eps))) if clients else 1.0
 
 
 class ServerAdam:
