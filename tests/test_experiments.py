@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -286,6 +287,21 @@ def test_design_sweep_server_adam_is_flowers_fedadam_step() -> None:
         eta = 0.1 * (1 - 0.99 ** (server_round + 1)) ** 0.5 / (1 - 0.9 ** (server_round + 1))
         step = adam.step("w", delta, server_round)
         assert torch.allclose(step, eta * m / (v.sqrt() + 1e-3))
+
+
+def test_design_sweep_fedexp_step_grows_when_client_updates_disagree() -> None:
+    """FedExP: agreeing updates give the plain step 1; updates that cancel out in the
+    aggregate give mean |d_i|^2 / (2 |d|^2)."""
+    from experiments.design_sweep import fedexp_step
+
+    state = {"w": torch.zeros(2), "steps": torch.tensor(3)}
+    same = [({"w": np.array([1.0, 0.0])}, 5), ({"w": np.array([1.0, 0.0])}, 5)]
+    assert fedexp_step(state, same, {"w": np.array([1.0, 0.0])}, 1e-12) == 1.0
+    apart = [({"w": np.array([1.0, 0.0])}, 5), ({"w": np.array([0.0, 1.0])}, 5)]
+    step = fedexp_step(state, apart, {"w": np.array([0.5, 0.5])}, 1e-12)
+    assert step == pytest.approx(1.0 / (2 * 0.5))  # mean |d_i|^2 = 1, |d|^2 = 0.5
+    opposite = [({"w": np.array([1.0, 0.0])}, 5), ({"w": np.array([-0.9, 0.0])}, 5)]
+    assert fedexp_step(state, opposite, {"w": np.array([0.05, 0.0])}, 1e-12) > 100
 
 
 def test_design_sweep_validation_only_reports_no_test_metrics() -> None:
