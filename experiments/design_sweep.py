@@ -93,7 +93,9 @@ def main() -> None:
     cfg = cfg.without_prior() if a.no_prior else cfg
     prior_config = PriorConfig(k=a.prior_k)
     prior = AdjacencyPrior.from_places(dataset.places, prior_config) if cfg.uses_prior else None
-    model, features = build_model(dataset.num_places, 1, cfg, prior, seed=a.seed)
+    model, features = build_model(
+        dataset.num_places, 1, cfg, prior, seed=a.seed, coordinates=dataset.places.coordinates()
+    )
     model.to(device)
     global_state = {k: v.cpu().clone() for k, v in model.shared_state().items()}
     initial_personal = {k: v.cpu() for k, v in model.personal_state().items()}

@@ -122,7 +122,13 @@ def pooled(dataset: Dataset, a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     options = {"personal_memory": False, **model_options(a.set)}
     config = ModelConfig(**options).without_prior()
-    model, features = build_model(dataset.num_places, len(dataset.users), config, seed=a.seed)
+    model, features = build_model(
+        dataset.num_places,
+        len(dataset.users),
+        config,
+        seed=a.seed,
+        coordinates=dataset.places.coordinates(),
+    )
     index = SampleIndex(dataset.users)
     started = time.time()
     for epoch in range(1, a.epochs + 1):
