@@ -360,8 +360,6 @@ def test_bad_set_exits_2_naming_it(
 def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
     """Popularity ranks by training-target counts; the window copy puts the places of the
     last W check-ins first, the more often visited there the higher."""
-    import numpy as np
-
     from experiments.nomemory_screen import popularity_ranks, target_counts, window_copy_ranks
     from fedgeo.data.dataset import UserData
     from fedgeo.models import SampleIndex
