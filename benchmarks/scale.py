@@ -8,7 +8,8 @@ summed resident memory (RSS counts shared pages in each process that maps them, 
 sum is an upper bound)::
 
     python benchmarks/scale.py --users 10000
-    python benchmarks/scale.py --users 100000 --days 3   # sparse, Gowalla-like
+    python benchmarks/scale.py --users 110000 --days 3 \
+        --set synthetic-extreme-fraction=0.3 --set protocol-gap-hours=8   # sparse, Gowalla-like
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def main() -> None:
     ap.add_argument("--strategy", default="fedgeo")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run-config key (for example synthetic-extreme-fraction=0.3)",
+    )
     args = ap.parse_args()
 
     sampler = MemorySampler()
@@ -107,6 +115,11 @@ def main() -> None:
         "client-state-dir": str(out / "client-state"),
         "node-wait": 600.0,
     }
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = value.strip()
     dataset = simulation_dataset(RunConfig.from_mapping(values))
     users = len(dataset.users)
     checkins = [len(u.places) for u in dataset.users]
