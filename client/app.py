@@ -126,6 +126,12 @@ def _shared_arrays(path: str) -> tuple[tuple[str, Array], ...]:
 app = ClientApp(mods=[shared_records_mod])
 
 
+def load_app() -> ClientApp:
+    """This module's ClientApp. A simulation engine that ships its app loader with every
+    message pickles this function as a reference (a few bytes), not the app."""
+    return app
+
+
 def _arrays(message: Message) -> dict[str, np.ndarray]:
     record = message.content.get(ARRAYS)
     if not isinstance(record, ArrayRecord):

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # Flower is imported when the engine starts (the CLI starts fast)
@@ -50,6 +51,7 @@ def run_engine(
     num_nodes: int,
     backend_config: BackendConfig,
     verbose: bool = False,
+    load_client_app: Callable[[], ClientApp] | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` virtual SuperNodes running ``client_app``
     until the ServerApp's main function returns. An exception in the ServerApp is raised
@@ -58,7 +60,8 @@ def run_engine(
     from flwr.supercore.telemetry import EventType
 
     quiet_ray_environment()
-    with indexed_delivery():
+    loader = load_client_app if load_client_app is not None else lambda: client_app
+    with indexed_delivery(), app_loader(loader):
         _run_simulation(
             num_supernodes=num_nodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -68,6 +71,32 @@ def run_engine(
             backend_config=backend_config,
             verbose_logging=verbose,
         )
+
+
+@contextlib.contextmanager
+def app_loader(load: Callable[[], ClientApp]) -> Iterator[None]:
+    """The Ray backend gives its workers ``load`` as the ClientApp's loader.
+
+    Flower 1.42's Ray backend sends the loader with every message it hands to a worker,
+    pickled again each time (``RayBackend.process_message``). Its own loader is a closure
+    over the ClientApp object, which cloudpickle serializes by value: about 1 ms of the
+    process that also runs the ServerApp, per node message. A module-level function such
+    as :func:`client.app.load_app` pickles as its name. The worker runs the same app
+    either way; the backend's ``build`` is restored when the engine stops.
+    """
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    original_build = RayBackend.build
+
+    @functools.wraps(original_build)
+    def build(self, app_fn):  # noqa: ANN001, ANN202 (Flower's signature)
+        return original_build(self, load)
+
+    RayBackend.build = build
+    try:
+        yield
+    finally:
+        RayBackend.build = original_build
 
 
 @contextlib.contextmanager

@@ -273,6 +273,7 @@ def simulate(
     from threadpoolctl import threadpool_limits
 
     from client.app import app as client_app
+    from client.app import load_app
     from experiments.engine import cluster_backend, connect_cluster, local_backend, run_engine
     from experiments.shared_records import SharedRecordsGrid
     from server.app import make_federation, run_server
@@ -339,6 +340,7 @@ def simulate(
                 num_nodes=num_nodes,
                 backend_config=cluster_backend() if address else local_backend(cpus),
                 verbose=verbose,
+                load_client_app=load_app,
             )
     except KeyboardInterrupt:
         stop.set()
