@@ -59,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="also test every node every K rounds (a test curve; default: the final test only)",
     )
+    parser.add_argument(
+        "--early-stop-patience",
+        type=positive_int,
+        metavar="N",
+        help="stop after N validations in a row without a better validation MRR "
+        "(default: run every round)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
     parser.add_argument(
@@ -99,6 +106,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "local-epochs": args.local_epochs,
         "eval-every": args.eval_every,
         "test-every": args.test_every,
+        "early-stop-patience": args.early_stop_patience,
         "data-path": str(args.data) if args.data else None,
         "data-format": args.format,
     }

@@ -69,6 +69,7 @@ GENERAL: dict[str, Scalar] = {
     "num-rounds": 3,
     "eval-every": 1,
     "test-every": 0,
+    "early-stop-patience": 0,
     "seed": 0,
     "out-dir": "outputs/fedgeo",
     "resume": False,

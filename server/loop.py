@@ -17,7 +17,9 @@ time rounds:
    ``min-replies`` good replies, or when aggregation fails, the round keeps the previous
    arrays (logged, never a crash). Every ``eval-every`` rounds and in the last round:
    ``configure_evaluate`` -> ``aggregate_evaluate`` on the validation split, with
-   metrics micro-averaged from the clients' sums. Then a checkpoint.
+   metrics micro-averaged from the clients' sums. Then a checkpoint. With
+   ``early-stop-patience`` = N, training stops after N validations in a row without a
+   better validation MRR (:func:`early_stop`).
 3. *End.* Every node evaluates the final model on its test samples; ``results.json``.
 
 A client whose data is too small to train replies with an error of code
@@ -359,6 +361,31 @@ def _probabilities(strategy: Strategy) -> dict[str, Any] | None:
     }
 
 
+def early_stop(
+    state: Mapping[str, Any] | None,
+    server_round: int,
+    validation: Mapping[str, Any],
+    patience: int,
+) -> dict[str, Any]:
+    """The early-stopping record after a validation in ``server_round``.
+
+    A validation MRR above the best so far makes this round the best and resets the count
+    of validations without improvement (``stale``); ``stopped_at`` is set to the round in
+    which that count reaches ``patience``. The record lives in the results, so a resumed
+    run continues the count (and does not train past a stop)."""
+    state = dict(state or {"metric": "mrr", "best": None, "best_round": None, "stale": 0})
+    state.setdefault("stopped_at", None)
+    state["patience"] = patience
+    value = float(validation["mrr"])
+    if state["best"] is None or value > state["best"]:
+        state.update(best=value, best_round=server_round, stale=0)
+    else:
+        state["stale"] += 1
+        if state["stale"] >= patience and state["stopped_at"] is None:
+            state["stopped_at"] = server_round
+    return state
+
+
 def _pause(results: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Yield ``results`` once; return the seconds spent suspended."""
     t0 = time.perf_counter()
@@ -464,7 +491,11 @@ class Federation:
         if self.setup.population_index is not None and start > 1:
             self._load_population(view, start, results)
         paused = yield from _pause(results)
+        last_round = start - 1
+        stopped = bool(results.get("early_stop", {}).get("stopped_at"))
         for server_round in range(start, cfg.num_rounds + 1):
+            if stopped:  # a resumed run that had stopped early trains no further
+                break
             if self.setup.population_index is not None:
                 self._refresh_population(view, server_round, results)
             record, arrays = self._round(view, server_round, arrays)
@@ -472,6 +503,15 @@ class Federation:
             if record.get("evaluate"):
                 results["evaluation"].append({"round": server_round, **record["evaluate"]})
                 results["validation"] = record["evaluate"]
+                if cfg.early_stop_patience:
+                    results["early_stop"] = early_stop(
+                        results.get("early_stop"),
+                        server_round,
+                        record["evaluate"],
+                        cfg.early_stop_patience,
+                    )
+                    stopped = results["early_stop"]["stopped_at"] is not None
+            last_round = server_round
             if record.get("test"):
                 point = {"round": server_round, **record["test"]}
                 results.setdefault("test_curve", []).append(point)
@@ -494,10 +534,18 @@ class Federation:
             if self.on_round is not None:
                 self.on_round(record)
             paused += yield from _pause(results)
+        if stopped:
+            last_round = int(results["early_stop"]["stopped_at"])
+            logger.info(
+                "%s: stopped early after round %d (best validation MRR in round %d)",
+                out_dir,
+                last_round,
+                results["early_stop"]["best_round"],
+            )
         t0 = time.perf_counter()
-        results["test"] = self._final_test(view, arrays)
+        results["test"] = self._final_test(view, arrays, last_round)
         if cfg.test_every:
-            point = {"round": cfg.num_rounds, **results["test"]}
+            point = {"round": last_round, **results["test"]}
             results.setdefault("test_curve", []).append(point)
         results["test_failures"] = self.test_failures
         results["timings_s"]["final_test"] = time.perf_counter() - t0
@@ -639,14 +687,20 @@ class Federation:
             return None
         return dict(metrics) if metrics is not None else None
 
-    def _final_test(self, view: NodeView, arrays: ArrayRecord) -> dict[str, Any]:
-        """Every node evaluates the final model on its test samples (with per-sample
-        ranks in research mode); writes predictions.csv in research mode."""
+    def _final_test(self, view: NodeView, arrays: ArrayRecord, last_round: int) -> dict[str, Any]:
+        """Every node evaluates the final model (that of ``last_round``) on its test
+        samples (with per-sample ranks in research mode); writes predictions.csv in
+        research mode."""
         research = self.cfg.research_mode and self.setup.user_ids is not None
-        return self._test_every_node(view, self.cfg.num_rounds, arrays, predictions=research)
+        return self._test_every_node(view, last_round, arrays, predictions=research, final=True)
 
     def _test_every_node(
-        self, view: NodeView, server_round: int, arrays: ArrayRecord, predictions: bool = False
+        self,
+        view: NodeView,
+        server_round: int,
+        arrays: ArrayRecord,
+        predictions: bool = False,
+        final: bool = False,
     ) -> dict[str, Any]:
         """Every node evaluates ``arrays`` on its test samples; with ``predictions`` the
         per-sample ranks are written to predictions.csv. Training never depends on it:
@@ -659,7 +713,7 @@ class Federation:
             template[0].content if template else RecordDict({"arrays": arrays, "config": config})
         )
         messages = self._attach(Message(content, node, "evaluate") for node in view.get_node_ids())
-        label = "final test" if server_round == cfg.num_rounds else f"test, round {server_round}"
+        label = "final test" if final else f"test, round {server_round}"
         replies = view.send_and_receive(messages, timeout=cfg.round_timeout, label=label)
         good, errors, too_small = _split(replies)
         for error in errors:

@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = frozenset(
         "research-mode",
         "eval-every",
         "test-every",
+        "early-stop-patience",
     }
 )
 """Keys a resumed run may change; any other difference from the checkpoint is an error."""
@@ -138,8 +139,9 @@ class RunConfig:
         for key in ("num-rounds", "eval-every", "local-epochs", "batch-size", "min-replies"):
             if int(config.values[key]) < 1:
                 raise ValueError(f"run-config '{key}' must be >= 1, got {config.values[key]}")
-        if config.test_every < 0:
-            raise ValueError(f"run-config 'test-every' must be >= 0, got {config.test_every}")
+        for key in ("test-every", "early-stop-patience"):
+            if int(config.values[key]) < 0:
+                raise ValueError(f"run-config '{key}' must be >= 0, got {config.values[key]}")
         if config.values["scaffold-control"] not in SCAFFOLD_CONTROLS:
             raise ValueError(
                 f"run-config 'scaffold-control' must be one of {', '.join(SCAFFOLD_CONTROLS)}, "
@@ -192,6 +194,12 @@ class RunConfig:
     def test_every(self) -> int:
         """Test every node every K rounds (0: only the final test)."""
         return int(self.values["test-every"])
+
+    @property
+    def early_stop_patience(self) -> int:
+        """Stop after this many validations in a row without a better validation MRR
+        (0: run every round)."""
+        return int(self.values["early-stop-patience"])
 
     @property
     def seed(self) -> int:

@@ -2,10 +2,11 @@
 that also tests every node each round (``test-every``) like one that does not.
 
 Two starts of the simulation engine: the first runs each strategy 4 rounds straight, 4
-rounds with a test curve, and 2 rounds into a third folder; the second (fresh Flower node
-ids, fresh client processes) resumes the 2-round runs to 4 rounds. The clients keep their
-state in files (``client-state-dir``), so even SCAFFOLD (control variates) and the
-personal user embeddings continue exactly.
+rounds with a test curve, and 2 rounds into a third folder, and FedAvg validated every
+round, once to the end and once stopping early; the second (fresh Flower node ids, fresh
+client processes) resumes the 2-round runs to 4 rounds and the early-stopped run to 6.
+The clients keep their state in files (``client-state-dir``), so even SCAFFOLD (control
+variates) and the personal user embeddings continue exactly.
 """
 
 from __future__ import annotations
@@ -49,10 +50,17 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
         for n in STRATEGIES
     }
     halves = {n: tiny(root / f"{n}-resumed", strategy=n, **{"num-rounds": 2}) for n in STRATEGIES}
-    simulate([*straight.values(), *curves.values(), *halves.values()], NODES, 2, progress=False)
+    validated = {"strategy": "fedavg", "num-rounds": 4, "eval-every": 1}
+    every = tiny(root / "every-round", **validated, **{"test-every": 1})
+    early = tiny(root / "early-stop", **validated, **{"early-stop-patience": 1})
+    first = [*straight.values(), *curves.values(), *halves.values(), every, early]
+    simulate(first, NODES, 2, progress=False)
     resumed = {n: {**v, "num-rounds": 4, "resume": True} for n, v in halves.items()}
-    simulate(list(resumed.values()), NODES, 2, progress=False)
-    return {n: (straight[n], resumed[n], curves[n]) for n in STRATEGIES}
+    early_before = _results(early)
+    early_resumed = {**early, "num-rounds": 6, "resume": True}
+    simulate([*resumed.values(), early_resumed], NODES, 2, progress=False)
+    runs = {n: (straight[n], resumed[n], curves[n]) for n in STRATEGIES}
+    return {**runs, "early-stop": (every, early, early_before)}
 
 
 def _results(values: dict) -> dict:
@@ -128,3 +136,21 @@ def test_resume_refuses_a_changed_config(tmp_path):
     with pytest.raises(ValueError, match="differs from the checkpoint's in lr"):
         Federation(None, changed).run()
     assert os.path.exists(tmp_path / "checkpoint.pkl")
+
+
+def test_early_stopping_stops_at_the_first_validation_without_improvement(runs):
+    """``early-stop-patience = 1``: training stops at the first validation whose MRR is no
+    better than the best so far, and the final test is that of the model of that round;
+    resumed with more rounds, the run trains no further."""
+    every, early, before = runs["early-stop"]
+    full, stopped = _results(every), _results(early)
+    mrr = [e["mrr"] for e in full["evaluation"]]
+    stop = next(i for i in range(1, len(mrr)) if mrr[i] <= max(mrr[:i])) + 1  # a round
+    assert stopped["early_stop"]["stopped_at"] == stop < 4
+    assert stopped["early_stop"]["best_round"] == 1 + mrr.index(max(mrr[: stop - 1]))
+    assert [r["round"] for r in stopped["rounds"]] == list(range(1, stop + 1))
+    assert stopped["evaluation"] == full["evaluation"][:stop]
+    point = full["test_curve"][stop - 1]
+    assert {"round": stop, **stopped["test"]} == pytest.approx(point, abs=1e-12)
+    assert stopped["resumed_at"] == [stop + 1] and before["rounds"] == stopped["rounds"]
+    assert "early_stop" not in full

@@ -118,6 +118,7 @@ TYPED: dict[str, Any] = {
     "num-rounds": lambda c: c.num_rounds,
     "eval-every": lambda c: c.eval_every,
     "test-every": lambda c: c.test_every,
+    "early-stop-patience": lambda c: c.early_stop_patience,
     "seed": lambda c: c.seed,
     "out-dir": lambda c: c.out_dir.name,
     "resume": lambda c: c.resume,
