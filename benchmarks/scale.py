@@ -98,6 +98,7 @@ def main() -> None:
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()
+    from experiments.run import parse_settings
     from experiments.simulate_cli import simulate
     from server.app import simulation_dataset
     from server.run_config import RunConfig
@@ -115,11 +116,10 @@ def main() -> None:
         "client-state-dir": str(out / "client-state"),
         "node-wait": 600.0,
     }
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        values[key.strip()] = value.strip()
+    try:
+        values.update(parse_settings(args.set))
+    except ValueError as err:
+        ap.error(str(err))
     dataset = simulation_dataset(RunConfig.from_mapping(values))
     users = len(dataset.users)
     checkins = [len(u.places) for u in dataset.users]

@@ -60,8 +60,8 @@ def run_engine(
     from flwr.supercore.telemetry import EventType
 
     quiet_ray_environment()
-    loader = load_client_app if load_client_app is not None else lambda: client_app
-    with indexed_delivery(), app_loader(loader):
+    loader = app_loader(load_client_app) if load_client_app else contextlib.nullcontext()
+    with indexed_delivery(), loader:
         _run_simulation(
             num_supernodes=num_nodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

@@ -373,8 +373,8 @@ def early_stop(
     of validations without improvement (``stale``); ``stopped_at`` is set to the round in
     which that count reaches ``patience``. The record lives in the results, so a resumed
     run continues the count (and does not train past a stop)."""
-    state = dict(state or {"metric": "mrr", "best": None, "best_round": None, "stale": 0})
-    state.setdefault("stopped_at", None)
+    empty = {"metric": "mrr", "best": None, "best_round": None, "stale": 0, "stopped_at": None}
+    state = dict(state or empty)
     state["patience"] = patience
     value = float(validation["mrr"])
     if state["best"] is None or value > state["best"]:
@@ -534,8 +534,7 @@ class Federation:
             if self.on_round is not None:
                 self.on_round(record)
             paused += yield from _pause(results)
-        if stopped:
-            last_round = int(results["early_stop"]["stopped_at"])
+        if stopped:  # last_round is the round of the stop (a resumed run: its checkpoint's)
             logger.info(
                 "%s: stopped early after round %d (best validation MRR in round %d)",
                 out_dir,
