@@ -5,9 +5,10 @@ process.
 Both sides run the ClientApp's ``evaluate`` handler on the same instruction (the final
 model, the test split) for every user of a synthetic city. In-process, the handler is
 called directly, one node after the other: that is the work. Through the engine, the
-ServerApp sends one message per node and the ClientApp runs on ``--cpus`` Ray workers;
+ServerApp sends one message per node and the ClientApp runs on ``--cpus`` workers;
 its wall time, times the workers, spread over the nodes, minus the work, is the engine's
-overhead per message. Printed, in one run of this script (noisy machine)::
+overhead per message, for each backend of ``--backends`` (local worker processes, Ray
+actors). Printed, in one run of this script (noisy machine)::
 
     python benchmarks/message_overhead.py --users 2000 --cpus 2
 
@@ -86,11 +87,12 @@ def in_process(values: dict, profile: bool) -> tuple[float, int]:
     return seconds, users
 
 
-def through_engine(values: dict, users: int, cpus: int) -> float:
-    """Seconds of the final test of every node through the engine."""
+def through_engine(values: dict, users: int, cpus: int, backend: str) -> float:
+    """Seconds of the final test of every node through the engine, the clients on
+    ``backend`` (local worker processes or Ray actors)."""
     from experiments.simulate_cli import simulate
 
-    [result] = simulate([values], users, cpus, progress=False)
+    [result] = simulate([values], users, cpus, progress=False, backend=backend)
     return float(result["timings_s"]["final_test"])
 
 
@@ -100,33 +102,43 @@ def main() -> None:
     ap.add_argument("--places", type=int, default=2_000)
     ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--backends",
+        default="process,ray",
+        help="comma-separated engine backends to measure, in this order (default: process,ray)",
+    )
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process side")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
-    out = Path(tempfile.mkdtemp(prefix="fedgeo-messages-"))
-    values = settings(args.users, args.places, args.days, out)
-    work_s, users = in_process(values, args.profile)
-    engine_s = through_engine(values, users, args.cpus)
+    from experiments.engine import BACKENDS
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or any(b not in BACKENDS for b in backends):
+        ap.error(f"--backends: valid backends: {', '.join(BACKENDS)}")
+    root = Path(tempfile.mkdtemp(prefix="fedgeo-messages-"))
+    work_s, users = in_process(settings(args.users, args.places, args.days, root), args.profile)
     work_ms = 1000 * work_s / users
-    engine_ms = 1000 * engine_s * args.cpus / users  # worker time per message
-    figures = {
-        "users": users,
-        "cpus": args.cpus,
-        "in_process_s": work_s,
-        "engine_final_test_s": engine_s,
-        "work_ms_per_message": work_ms,
-        "engine_ms_per_message": engine_ms,
-        "overhead_ms_per_message": engine_ms - work_ms,
-        "engine_over_in_process": engine_s / work_s,
-    }
-    print(
-        f"{users} nodes: in-process evaluations {work_s:.1f} s ({work_ms:.2f} ms each); "
-        f"final test through the engine on {args.cpus} workers {engine_s:.1f} s "
-        f"({engine_ms:.2f} ms of worker time each); overhead per message "
-        f"{engine_ms - work_ms:.2f} ms (target <= 3); engine / in-process = "
-        f"{engine_s / work_s:.2f} (target <= 1.5)"
-    )
+    print(f"{users} nodes: in-process evaluations {work_s:.1f} s ({work_ms:.2f} ms each)")
+    figures: dict = {"users": users, "cpus": args.cpus, "in_process_s": work_s,
+                     "work_ms_per_message": work_ms, "backends": {}}
+    for backend in backends:
+        values = settings(args.users, args.places, args.days, root / backend)
+        engine_s = through_engine(values, users, args.cpus, backend)
+        engine_ms = 1000 * engine_s * args.cpus / users  # worker time per message
+        figures["backends"][backend] = {
+            "engine_final_test_s": engine_s,
+            "engine_ms_per_message": engine_ms,
+            "overhead_ms_per_message": engine_ms - work_ms,
+            "engine_over_in_process": engine_s / work_s,
+        }
+        print(
+            f"  {backend} backend: final test through the engine on {args.cpus} workers "
+            f"{engine_s:.1f} s ({engine_ms:.2f} ms of worker time each); overhead per "
+            f"message {engine_ms - work_ms:.2f} ms (target <= 3); engine / in-process = "
+            f"{engine_s / work_s:.2f} (target <= 1.5)",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 

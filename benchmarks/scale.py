@@ -2,10 +2,10 @@
 
 Generates the synthetic city with ``--users`` users, runs one round (``--clients``
 clients train; every node answers the start-up profile query and the final test), and
-samples the resident memory of this process and of every process it started (Ray's
-GCS, raylet and workers) every 0.2 s. Prints the time of each phase and the peak of the
-summed resident memory (RSS counts shared pages in each process that maps them, so the
-sum is an upper bound)::
+samples the resident memory of this process and of every process it started (the
+client worker processes; with ``--backend ray`` Ray's GCS, raylet and workers) every
+0.2 s. Prints the time of each phase and the peak of the summed resident memory (RSS
+counts shared pages in each process that maps them, so the sum is an upper bound)::
 
     python benchmarks/scale.py --users 10000
     python benchmarks/scale.py --users 110000 --days 3 \
@@ -85,6 +85,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100, help="clients training in the round")
     ap.add_argument("--strategy", default="fedgeo")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--backend",
+        default="process",
+        help="where the clients run: local worker processes (process) or Ray actors (ray)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument(
         "--set",
@@ -125,7 +130,7 @@ def main() -> None:
     checkins = [len(u.places) for u in dataset.users]
     values["fraction-train"] = args.clients / users
     generated = time.perf_counter()
-    [result] = simulate([values], users, args.cpus, progress=False)
+    [result] = simulate([values], users, args.cpus, progress=False, backend=args.backend)
     finished = time.perf_counter()
     peak = sampler.stop()
     figures = {
@@ -141,6 +146,7 @@ def main() -> None:
         "total_s": finished - start,
         "peak_rss_gib": peak / 2**30,
         "cpus": args.cpus,
+        "backend": args.backend,
         "test_acc@1": result["test"]["acc@1"],
     }
     print(
@@ -148,7 +154,8 @@ def main() -> None:
         f"{figures['median_checkins_per_user']:g} check-ins per user): "
         f"generate {figures['generate_s']:.1f} s, "
         f"simulation {figures['simulation_s']:.1f} s (round {figures['round_s']:.1f} s with "
-        f"{figures['clients_trained']} clients training, final test on every client "
+        f"{figures['clients_trained']} clients training on the {args.backend} backend, "
+        f"final test on every client "
         f"{figures['final_test_s']:.1f} s), total {figures['total_s']:.1f} s; peak resident "
         f"memory of all processes {figures['peak_rss_gib']:.2f} GiB"
     )

@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # Flower is imported when the engine starts (the CLI starts f
 
 BackendConfig = dict[str, dict[str, Any]]
 
+PROCESS_BACKEND = "process"
+BACKENDS = (PROCESS_BACKEND, "ray")  # where simulated clients run (--backend)
+
 
 def quiet_ray_environment() -> None:
     """Settings Ray reads at start: normal worker priority and today's GPU behaviour.
@@ -52,16 +55,26 @@ def run_engine(
     backend_config: BackendConfig,
     verbose: bool = False,
     load_client_app: Callable[[], ClientApp] | None = None,
+    processes: int | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` virtual SuperNodes running ``client_app``
     until the ServerApp's main function returns. An exception in the ServerApp is raised
-    here; the caller shuts Ray down."""
+    here; the caller shuts Ray down.
+
+    The clients run on Ray as ``backend_config`` says, or, with ``processes``, in that many
+    local worker processes (:mod:`experiments.process_backend`; needs ``load_client_app``).
+    """
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    quiet_ray_environment()
-    loader = app_loader(load_client_app) if load_client_app else contextlib.nullcontext()
-    with indexed_delivery(), loader:
+    if processes is not None:
+        if load_client_app is None:
+            raise ValueError("the process backend needs load_client_app")
+        backend = process_backend(processes, load_client_app)
+    else:
+        quiet_ray_environment()
+        backend = app_loader(load_client_app) if load_client_app else contextlib.nullcontext()
+    with indexed_delivery(), backend:
         _run_simulation(
             num_supernodes=num_nodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -97,6 +110,32 @@ def app_loader(load: Callable[[], ClientApp]) -> Iterator[None]:
         yield
     finally:
         RayBackend.build = original_build
+
+
+@contextlib.contextmanager
+def process_backend(processes: int, load: Callable[[], ClientApp]) -> Iterator[None]:
+    """The engine runs its clients in ``processes`` local worker processes
+    (:class:`experiments.process_backend.ProcessBackend`) instead of Ray actors.
+
+    Flower 1.42's engine builds its Ray backend inside ``vce_api.start_vce`` and hands it
+    to ``run_api``; here ``run_api`` is given this backend instead. Nothing else of the
+    engine changes; ``run_api`` is restored when the engine stops.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from experiments.process_backend import ProcessBackend
+
+    original_run_api = vce_api.run_api
+
+    @functools.wraps(original_run_api)
+    def run_api(app_fn, backend_fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return original_run_api(app_fn, lambda: ProcessBackend(processes, load), *args, **kwargs)
+
+    vce_api.run_api = run_api
+    try:
+        yield
+    finally:
+        vce_api.run_api = original_run_api
 
 
 @contextlib.contextmanager

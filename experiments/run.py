@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ROOT, ConfigError, ExperimentConfig, Method, load_config
-from experiments.engine import ray_address
+from experiments.engine import BACKENDS, ClusterError, ray_address
 
 RESULTS = {"federated": "results.json", "centralized": "metrics.json", "baseline": "metrics.json"}
 
@@ -103,6 +103,7 @@ def run_federated(
     runs: Sequence[PlannedRun],
     cpus: int,
     address: str | None = None,
+    backend: str | None = None,
 ) -> None:
     """All ``runs`` in Flower's simulation engine, one engine start per data set size."""
     from experiments.simulate_cli import simulate
@@ -116,7 +117,7 @@ def run_federated(
         groups.setdefault(users, []).append(run_config)
     for users, configs in groups.items():
         print(f"[{config.name}] {len(configs)} federated run(s), {users} clients each")
-        simulate(configs, users, cpus, progress=True, address=address)
+        simulate(configs, users, cpus, progress=True, address=address, backend=backend)
 
 
 def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
@@ -173,6 +174,7 @@ def execute(
     runs: Sequence[PlannedRun],
     cpus: int,
     address: str | None = None,
+    backend: str | None = None,
 ) -> None:
     """Run whatever in ``runs`` is not done yet (references first: they are quick)."""
     pending = [r for r in runs if not r.done]
@@ -184,7 +186,7 @@ def execute(
             print(f"  test acc@1={metrics['acc@1']:.4f} mrr={metrics['mrr']:.4f}")
     federated = [r for r in pending if r.method.kind == "federated"]
     if federated:
-        run_federated(config, federated, cpus, address)
+        run_federated(config, federated, cpus, address, backend)
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -221,7 +223,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="output root (default: runs/experiments)")
     ap.add_argument("--only", help="comma-separated method names (default: all)")
     ap.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
-    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs")
+    ap.add_argument(
+        "--cpus", type=int, default=os.cpu_count() or 1, help="clients that run at once"
+    )
+    ap.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="local worker processes (process, the default) or Ray actors (ray, the "
+        "default with --ray-address)",
+    )
     ap.add_argument(
         "--ray-address",
         metavar="HOST:PORT",
@@ -262,7 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"experiments.run: error: {config.data}: data file not found", file=sys.stderr)
         return 2
     if not args.report_only:
-        execute(config, runs, args.cpus, ray_address(args.ray_address))
+        try:
+            execute(config, runs, args.cpus, ray_address(args.ray_address), args.backend)
+        except ClusterError as err:
+            print(f"experiments.run: error: {err}", file=sys.stderr)
+            return 2
     from experiments.report import write_report
 
     table = write_report(config, out, figures=args.figures)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments.engine import ClusterError, ray_address
+from experiments.engine import BACKENDS, PROCESS_BACKEND, ClusterError, ray_address
 from fedgeo.cli.common import fraction, positive_int, prepare_out_dir
 from fedgeo.cli.main import UsageError
 from fedgeo.data.errors import DataError
@@ -76,7 +76,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="any run-config key (repeatable), e.g. --set model-hidden-dim=32",
     )
     parser.add_argument(
-        "--cpus", type=positive_int, help="CPUs for Ray: clients run in parallel (default: all)"
+        "--cpus",
+        type=positive_int,
+        help="clients that run at once on this machine (default: all CPUs)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="where the clients run: local worker processes (process, the default on one "
+        "machine) or Ray actors (ray, the default with --ray-address)",
     )
     parser.add_argument(
         "--ray-address",
@@ -149,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
             )
     cpus = args.cpus or os.cpu_count() or 1
     address = ray_address(args.ray_address)
+    if address is not None and args.backend not in (None, "ray"):
+        raise UsageError(
+            f"--backend {args.backend} runs on this machine only; a Ray cluster "
+            f"({address}) needs --backend ray"
+        )
     try:
         [result] = simulate(
             [config],
@@ -157,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             verbose=args.verbose,
             address=address,
+            backend=args.backend,
         )
     except ClusterError as err:
         raise UsageError(str(err)) from None
@@ -257,6 +271,7 @@ def simulate(
     grid_wrapper: Callable[[Grid], Grid] | None = None,
     interleave: bool = False,
     address: str | None = None,
+    backend: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the federations ``runs`` describes (parsed configs, or run-config overrides
     parsed here once; one after the other) in one start of Flower's simulation engine;
@@ -270,10 +285,12 @@ def simulate(
     many users); each keeps its clients' state apart (see ``client.state``).
     ``grid_wrapper`` may wrap the grid each run's server sees (called once per run; to trace
     messages). ``cpus``
-    clients run at once on a local Ray instance; with ``address`` the run attaches to that
-    running Ray cluster instead (:func:`experiments.engine.connect_cluster`; raises
-    ``ClusterError``) and its CPUs decide. Ray is shut down (or the cluster left) whatever
-    happens; the cluster itself keeps running.
+    clients run at once, in local worker processes (``backend="process"``, the default on
+    one machine; :mod:`experiments.process_backend`) or on a local Ray instance
+    (``backend="ray"``); with ``address`` the run attaches to that running Ray cluster
+    instead (:func:`experiments.engine.connect_cluster`; raises ``ClusterError``) and its
+    CPUs decide. Ray is shut down (or the cluster left) whatever happens; the cluster
+    itself keeps running.
     """
     import ray
     from flwr.app import Context
@@ -289,6 +306,11 @@ def simulate(
     from server.loop import run_interleaved
     from server.run_config import RunConfig
 
+    backend = backend or ("ray" if address is not None else PROCESS_BACKEND)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise ClusterError(f"the {backend} backend runs on this machine only, not on a cluster")
     configs = [r if isinstance(r, RunConfig) else RunConfig.from_mapping(r) for r in runs]
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
@@ -349,6 +371,7 @@ def simulate(
                 backend_config=cluster_backend() if address else local_backend(cpus),
                 verbose=verbose,
                 load_client_app=load_app,
+                processes=cpus if backend == PROCESS_BACKEND else None,
             )
     except KeyboardInterrupt:
         stop.set()

@@ -329,6 +329,12 @@ BAD_OPTIONS = [
     ),
     ("fraction-option", [*SIMULATE, "--out", "{out}", "--fraction", "2"], "(0, 1]"),
     ("cpus-option", [*SIMULATE, "--out", "{out}", "--cpus", "0"], "integer >= 1"),
+    ("backend-option", [*SIMULATE, "--out", "{out}", "--backend", "gpu"], "invalid choice"),
+    (
+        "process-backend-on-a-cluster",
+        [*SIMULATE, "--out", "{out}", "--backend", "process", "--ray-address", "127.0.0.1:9"],
+        "runs on this machine only",
+    ),
     (
         "too-few-users",
         [*SIMULATE, "--data", "{one}", "--out", "{out}"],
