@@ -74,6 +74,11 @@ class ProcessBackend(Backend):
     def num_workers(self) -> int:
         return self._workers
 
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [w.process.pid for w in self._all]
+
     def is_worker_idle(self) -> bool:
         return not self._idle.empty()
 

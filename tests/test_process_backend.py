@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import procfs
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -127,3 +130,40 @@ def test_a_federation_ends_the_same_on_processes_and_on_ray(tmp_path: Path) -> N
     assert (tmp_path / "p" / "predictions.csv").read_bytes() == (
         tmp_path / "r" / "predictions.csv"
     ).read_bytes()
+
+
+def test_workers_exit_when_the_engine_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the process that runs the engine (say, the out-of-memory killer) leaves
+    no worker behind: each sees its pipe close and exits."""
+    script = (
+        "import sys, time\n"
+        "from client.app import load_app\n"
+        "from experiments.process_backend import ProcessBackend\n"
+        "if __name__ == '__main__':\n"
+        "    backend = ProcessBackend(2, load_app)\n"
+        "    backend.build(load_app)\n"
+        "    print(' '.join(str(pid) for pid in backend.pids), flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    path = tmp_path / "engine.py"
+    path.write_text(script, encoding="utf-8")
+    repo = Path(__file__).resolve().parents[1]
+    pythonpath = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    engine = subprocess.Popen(
+        [sys.executable, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
+    try:
+        pids = [int(p) for p in engine.stdout.readline().split()]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, 0)  # running
+    finally:
+        engine.kill()
+        engine.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(procfs.alive(pid) for pid in pids):
+        time.sleep(0.2)
+    assert not any(procfs.alive(pid) for pid in pids)
