@@ -6,8 +6,10 @@ ClientApp to the engine function :func:`flwr.simulation.run_simulation._run_simu
 (Ray backend, one actor per CPU, virtual SuperNodes). ``fedgeo simulate`` and
 ``experiments.run`` call that same engine function directly, with app objects instead
 of a FAB, so that a research script keeps its callbacks (progress bars, a traced grid,
-several federations in one engine start). The public wrapper ``run_simulation`` is
-deprecated in Flower 1.42 in favour of ``flwr run``; this module is the one place that
+several federations in one engine start), and on one machine with their clients in local
+worker processes instead of Ray actors (:func:`process_backend`). The public wrapper
+``run_simulation`` is deprecated in Flower 1.42 in favour of ``flwr run``; this module is
+the one place that
 touches the engine, and flwr is pinned (constraints.txt) so that its signature is known
 (tests/test_engine.py checks it).
 """
