@@ -9,9 +9,8 @@ of a FAB, so that a research script keeps its callbacks (progress bars, a traced
 several federations in one engine start), and on one machine with their clients in local
 worker processes instead of Ray actors (:func:`process_backend`). The public wrapper
 ``run_simulation`` is deprecated in Flower 1.42 in favour of ``flwr run``; this module is
-the one place that
-touches the engine, and flwr is pinned (constraints.txt) so that its signature is known
-(tests/test_engine.py checks it).
+the one place that touches the engine, and flwr is pinned (constraints.txt) so that its
+signature is known (tests/test_engine.py checks it).
 """
 
 from __future__ import annotations
