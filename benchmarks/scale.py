@@ -78,6 +78,8 @@ class MemorySampler(threading.Thread):
 
 
 def main() -> None:
+    from experiments.engine import BACKENDS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--places", type=int, default=2_000)
@@ -88,6 +90,7 @@ def main() -> None:
     ap.add_argument(
         "--backend",
         default="process",
+        choices=BACKENDS,
         help="where the clients run: local worker processes (process) or Ray actors (ray)",
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")

@@ -222,6 +222,21 @@ def ray_address(option: str | None) -> str | None:
     return address or None
 
 
+def resolve_backend(backend: str | None, address: str | None) -> str:
+    """The backend a run uses: ``backend`` if given, else Ray on a cluster (``address``)
+    and local worker processes otherwise. Raises ``ValueError`` for an unknown name and
+    :class:`ClusterError` for a backend that cannot run on a cluster."""
+    chosen = backend or ("ray" if address is not None else PROCESS_BACKEND)
+    if chosen not in BACKENDS:
+        raise ValueError(f"unknown backend {chosen!r}; valid backends: {', '.join(BACKENDS)}")
+    if address is not None and chosen != "ray":
+        raise ClusterError(
+            f"the {chosen} backend runs on this machine only; a Ray cluster ({address}) "
+            "needs the ray backend"
+        )
+    return chosen
+
+
 def local_backend(cpus: int) -> BackendConfig:
     """Ray settings for a local instance on this machine: one CPU per client, ``cpus``
     workers, no dashboard, no worker logs forwarded to the driver. ``address="local"``

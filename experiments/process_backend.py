@@ -27,6 +27,7 @@ import os
 import pickle
 import queue
 import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -40,6 +41,7 @@ from flwr.server.superlink.fleet.vce.backend import Backend
 STOP = None  # sent to a worker: exit
 _OK, _APP_ERROR, _LOAD_ERROR = "ok", "app-error", "load-error"
 _STOP_WAIT_S = 5.0
+_SPAWN_LOCK = threading.Lock()
 
 
 class ProcessBackend(Backend):
@@ -117,7 +119,9 @@ class ProcessBackend(Backend):
             target=_serve, args=(child, self._loader), name="fedgeo-client-worker", daemon=True
         )
         # Like a Ray worker with one CPU: one OpenMP/BLAS thread unless the caller chose.
-        with _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")):
+        # The lock keeps two engine threads replacing dead workers from interleaving
+        # their changes to this process's environment.
+        with _SPAWN_LOCK, _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")):
             process.start()
         child.close()
         worker = _Worker(process, parent)

@@ -20,7 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments.engine import BACKENDS, PROCESS_BACKEND, ClusterError, ray_address
+from experiments.engine import (
+    BACKENDS,
+    PROCESS_BACKEND,
+    ClusterError,
+    ray_address,
+    resolve_backend,
+)
 from fedgeo.cli.common import fraction, positive_int, prepare_out_dir
 from fedgeo.cli.main import UsageError
 from fedgeo.data.errors import DataError
@@ -157,12 +163,8 @@ def run(args: argparse.Namespace) -> int:
             )
     cpus = args.cpus or os.cpu_count() or 1
     address = ray_address(args.ray_address)
-    if address is not None and args.backend not in (None, "ray"):
-        raise UsageError(
-            f"--backend {args.backend} runs on this machine only; a Ray cluster "
-            f"({address}) needs --backend ray"
-        )
     try:
+        backend = resolve_backend(args.backend, address)  # before anything starts
         [result] = simulate(
             [config],
             users,
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             verbose=args.verbose,
             address=address,
-            backend=args.backend,
+            backend=backend,
         )
     except ClusterError as err:
         raise UsageError(str(err)) from None
@@ -306,11 +308,7 @@ def simulate(
     from server.loop import run_interleaved
     from server.run_config import RunConfig
 
-    backend = backend or ("ray" if address is not None else PROCESS_BACKEND)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    if address is not None and backend != "ray":
-        raise ClusterError(f"the {backend} backend runs on this machine only, not on a cluster")
+    backend = resolve_backend(backend, address)
     configs = [r if isinstance(r, RunConfig) else RunConfig.from_mapping(r) for r in runs]
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
