@@ -55,6 +55,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--exclusion", action="store_true")
     ap.add_argument("--aggregation", default="mean")
     ap.add_argument("--median-iters", type=int, default=10)
+    ap.add_argument(
+        "--place-rows",
+        default="all",
+        choices=("all", "visited"),
+        help="rows of the place tables (place_bias, place_embedding): aggregated over all "
+        "clients (all) or each row over the clients whose training data holds that place "
+        "(visited; a row no client holds keeps its value)",
+    )
     ap.add_argument("--mu", type=float, default=0.0, help="proximal term")
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument(
@@ -150,6 +158,7 @@ def main() -> None:
         chosen = rng.choice(eligible, size=min(a.clients, len(eligible)), replace=False)
         anchor = {k: v.to(device) for k, v in global_state.items()}
         replies = []
+        holders: list[np.ndarray] = []
         for i in chosen:
             use_client(int(i))
             train_cfg.seed = int(rnd * 100_000 + i)
@@ -160,7 +169,10 @@ def main() -> None:
             personal[int(i)] = {k: v.cpu() for k, v in model.personal_state().items()}
             arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
             replies.append((arrays, stats["num-examples"]))
+            holders.append(training_places(users[i]))
         result = aggregate(replies)
+        if a.place_rows == "visited":
+            visited_row_mean(result.arrays, global_state, replies, holders)
         server_lr = a.server_lr
         if a.server_optimizer == "fedexp":
             server_lr = fedexp_step(global_state, replies, result.arrays, a.tau)
@@ -187,6 +199,42 @@ def main() -> None:
     final["validation"] = federated_metrics("validation")
     final["seconds"] = round(time.time() - started, 1)
     emit(final)
+
+
+PLACE_TABLES = ("place_bias", "place_embedding.weight")
+"""Shared arrays whose row ``l`` belongs to place ``l``."""
+
+
+def training_places(user) -> np.ndarray:
+    """The places a client's training samples can see (inputs and targets)."""
+    if not len(user.train):
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(user.places[: int(user.train.max()) + 1])
+
+
+def visited_row_mean(
+    aggregate: dict[str, np.ndarray],
+    global_state: dict[str, torch.Tensor],
+    replies: list[tuple[dict[str, np.ndarray], int]],
+    holders: list[np.ndarray],
+) -> None:
+    """Replace each place-table row of ``aggregate`` by the example-weighted mean over
+    the clients that hold that place: ``theta_l + sum_i w_i m_il (theta_il - theta_l) /
+    sum_i w_i m_il`` (``m_il`` = 1 when client ``i`` saw place ``l``); rows nobody holds
+    keep the global value."""
+    for key in PLACE_TABLES:
+        if key not in aggregate:
+            continue
+        old = global_state[key].double().numpy()
+        num = np.zeros_like(old)
+        den = np.zeros(old.shape[0])
+        for (arrays, n), places in zip(replies, holders, strict=True):
+            num[places] += n * (arrays[key][places].astype(np.float64) - old[places])
+            den[places] += n
+        new = old.copy()
+        rows = den > 0
+        new[rows] += num[rows] / den[rows].reshape((-1,) + (1,) * (old.ndim - 1))
+        aggregate[key] = new.astype(aggregate[key].dtype)
 
 
 def fedexp_step(

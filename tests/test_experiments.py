@@ -304,6 +304,22 @@ def test_design_sweep_fedexp_step_grows_when_client_updates_disagree() -> None:
     assert fedexp_step(state, opposite, {"w": np.array([0.05, 0.0])}, 1e-12) > 100
 
 
+def test_design_sweep_visited_rows_average_only_the_clients_holding_a_place() -> None:
+    """``--place-rows visited``: a place-table row is the example-weighted mean over the
+    clients that saw the place; a row nobody saw keeps the global value; other arrays
+    keep the aggregator's result."""
+    from experiments.design_sweep import visited_row_mean
+
+    old = {"place_bias": torch.zeros(3), "query.0.bias": torch.zeros(1)}
+    a = {"place_bias": np.array([1.0, 2.0, 3.0], dtype=np.float32), "query.0.bias": np.ones(1)}
+    b = {"place_bias": np.array([5.0, 6.0, 7.0], dtype=np.float32), "query.0.bias": np.ones(1)}
+    aggregate = {"place_bias": np.full(3, 9.0, dtype=np.float32), "query.0.bias": np.full(1, 4.0)}
+    visited_row_mean(aggregate, old, [(a, 1), (b, 3)], [np.array([0, 1]), np.array([1])])
+    assert aggregate["place_bias"].tolist() == [1.0, (2.0 + 3 * 6.0) / 4, 0.0]
+    assert aggregate["place_bias"].dtype == np.float32
+    assert aggregate["query.0.bias"].tolist() == [4.0]
+
+
 def test_design_sweep_validation_only_reports_no_test_metrics() -> None:
     """``--validation-only`` (for screening) never computes test metrics."""
     script = ROOT / "experiments" / "design_sweep.py"
