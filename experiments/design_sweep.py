@@ -129,6 +129,8 @@ def main() -> None:
     )
     rng = np.random.default_rng(a.seed)
     server_adam = ServerAdam(a.server_lr, tau=a.tau)
+    # --place-rows visited: each user's training places, found once for the whole run
+    places_of = [training_places(u) for u in users] if a.place_rows == "visited" else []
     started = time.time()
 
     def use_client(i: int) -> None:
@@ -158,7 +160,7 @@ def main() -> None:
         chosen = rng.choice(eligible, size=min(a.clients, len(eligible)), replace=False)
         anchor = {k: v.to(device) for k, v in global_state.items()}
         replies = []
-        holders: list[np.ndarray] = []
+        holders: list[np.ndarray] = []  # the training places of each reply's client
         for i in chosen:
             use_client(int(i))
             train_cfg.seed = int(rnd * 100_000 + i)
@@ -169,7 +171,8 @@ def main() -> None:
             personal[int(i)] = {k: v.cpu() for k, v in model.personal_state().items()}
             arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
             replies.append((arrays, stats["num-examples"]))
-            holders.append(training_places(users[i]))
+            if places_of:
+                holders.append(places_of[int(i)])
         result = aggregate(replies)
         if a.place_rows == "visited":
             visited_row_mean(result.arrays, global_state, replies, holders)
