@@ -373,25 +373,33 @@ def test_bad_set_exits_2_naming_it(
     assert not (tmp_path / "small").exists()  # nothing ran
 
 
+def hand_made_user(
+    places: list[int], train: list[int] | None = None, validation: list[int] | None = None
+):
+    """A user with hourly check-ins in one trajectory; by default every position but the
+    first and last trains and the last validates."""
+    from fedgeo.data.dataset import UserData
+
+    n = len(places)
+    return UserData(
+        user_id=n,
+        places=np.asarray(places, dtype=np.int64),
+        times=1_700_000_000 + 3600 * np.arange(n, dtype=np.int64),
+        local_offsets=np.zeros(n, dtype=np.int32),
+        traj_start=np.zeros(n, dtype=np.int64),
+        train=np.asarray(range(1, n - 1) if train is None else train, dtype=np.int64),
+        validation=np.asarray([n - 1] if validation is None else validation, dtype=np.int64),
+        test=np.array([], dtype=np.int64),
+    )
+
+
 def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
     """Popularity ranks by training-target counts; the window copy puts the places of the
     last W check-ins first, the more often visited there the higher."""
     from experiments.nomemory_screen import popularity_ranks, target_counts, window_copy_ranks
-    from fedgeo.data.dataset import UserData
     from fedgeo.models import SampleIndex
 
-    def user(places: list[int]) -> UserData:
-        n = len(places)
-        return UserData(
-            user_id=n,
-            places=np.asarray(places, dtype=np.int64),
-            times=1_700_000_000 + 3600 * np.arange(n, dtype=np.int64),
-            local_offsets=np.zeros(n, dtype=np.int32),
-            traj_start=np.zeros(n, dtype=np.int64),
-            train=np.arange(1, n - 1, dtype=np.int64),
-            validation=np.array([n - 1], dtype=np.int64),
-            test=np.array([], dtype=np.int64),
-        )
+    user = hand_made_user
 
     # training targets: place 5 four times, places 1 and 2 three times each
     index = SampleIndex([user([0, 5, 5, 5, 5, 1, 1, 2, 1]), user([3, 2, 1, 2, 3])])
@@ -402,3 +410,39 @@ def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
     # window of user 0 before its target: 1, 1, 2 -> place 1 first; user 1's window
     # 2, 1, 2 -> 2 first, then 1, then by popularity 5 before the target 3
     assert list(window_copy_ranks(index, counts, window=3)) == [1, 4]
+
+
+def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_first() -> None:
+    """Only targets the user had not visited count; visited places are not ranked; with
+    distance alone the place nearest the last one ranks first; popularity counts each
+    user's training prefix."""
+    from experiments.newplace_screen import (
+        gravity_scores,
+        new_place_metrics,
+        new_place_samples,
+        training_popularity,
+    )
+    from fedgeo.data.dataset import Dataset, Places
+
+    user = hand_made_user
+
+    # five places on a line of longitude, about 1.1 km apart
+    places = Places(ids=np.arange(5), latitude=np.zeros(5), longitude=np.arange(5) * 0.01)
+
+    # user 0: validation targets 0 (a return: skipped) and 3 (new, after place 0)
+    # user 1: validation target 4 (new, after place 0; places 0 and 1 visited)
+    dataset = Dataset(places, [user([0, 1, 2, 0, 3], [1, 2], [3, 4]), user([1, 0, 4], [1], [2])])
+    visitors, checkins = training_popularity(dataset)
+    np.testing.assert_array_equal(visitors, [2, 2, 1, 0, 0])
+    np.testing.assert_array_equal(checkins, [2, 2, 1, 0, 0])
+    samples = new_place_samples(dataset, "validation")
+    np.testing.assert_array_equal(samples.target, [3, 4])
+    np.testing.assert_array_equal(samples.visited[0], [True, True, True, False, False])
+    assert samples.d_last[0, 3] == pytest.approx(3 * 1.112, abs=0.01)
+    distance = gravity_scores(samples, visitors, checkins, a=0, c=0, b1=1, b2=0, eps=0.05)
+    metrics = new_place_metrics(distance, samples)
+    # user 0: of the unvisited 3 and 4, 3 is nearer to 0 -> rank 1; user 1: from 0, the
+    # unvisited 2 and 3 are nearer than 4 -> rank 3
+    assert metrics["new-acc@1"] == 0.5
+    assert metrics["new-mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["samples"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 EARTH_RADIUS_KM = 6371.0088
+"""Mean Earth radius (IUGG) used to turn haversine angles into kilometres."""
 
 
 def normalized_entropy(places: np.ndarray) -> float:

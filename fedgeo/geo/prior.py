@@ -37,14 +37,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedgeo.data.errors import DataError
+from fedgeo.data.stats import EARTH_RADIUS_KM
 
 if TYPE_CHECKING:
     import torch
 
     from fedgeo.data.dataset import Places
-
-EARTH_RADIUS_KM = 6371.0088
-"""Mean Earth radius (IUGG) used to turn haversine angles into kilometres."""
 
 FORMAT_NAME = "fedgeo-adjacency-prior"
 FORMAT_VERSION = 1
