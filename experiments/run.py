@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -57,7 +58,32 @@ class PlannedRun:
 
     @property
     def done(self) -> bool:
-        return self.result_file.is_file()
+        """True once the run has its final results. A federated run writes
+        ``results.json`` after every round, so it is done only when the file holds the
+        final test; until then it is resumed from its checkpoint."""
+        if not self.result_file.is_file():
+            return False
+        if self.method.kind != "federated":
+            return True
+        try:
+            return "test" in json.loads(self.result_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+
+
+RESUME_ONLY = ("client-state", "shared-records")
+"""Folders of a federated run needed only to resume it: each client's persistent state
+(one or two files per client, megabytes each with the local-only baseline's whole model)
+and the records shared with the clients through files."""
+
+
+def prune_finished(runs: Sequence[PlannedRun]) -> None:
+    """Remove the resume-only folders (:data:`RESUME_ONLY`) of the federated runs that
+    are done; their results, predictions and checkpoint stay."""
+    for run in runs:
+        if run.method.kind == "federated" and run.done:
+            for name in RESUME_ONLY:
+                shutil.rmtree(run.out_dir / name, ignore_errors=True)
 
 
 def plan(
@@ -175,8 +201,11 @@ def execute(
     cpus: int,
     address: str | None = None,
     backend: str | None = None,
+    keep_client_state: bool = False,
 ) -> None:
-    """Run whatever in ``runs`` is not done yet (references first: they are quick)."""
+    """Run whatever in ``runs`` is not done yet (references first: they are quick), then
+    remove the resume-only folders of the finished federated runs unless
+    ``keep_client_state``."""
     pending = [r for r in runs if not r.done]
     for run in pending:
         if run.method.kind != "federated":
@@ -187,6 +216,8 @@ def execute(
     federated = [r for r in pending if r.method.kind == "federated"]
     if federated:
         run_federated(config, federated, cpus, address, backend)
+    if not keep_client_state:
+        prune_finished(runs)
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -237,6 +268,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="run the federations on this running Ray cluster (default: $RAY_ADDRESS if set)",
     )
+    ap.add_argument(
+        "--keep-client-state",
+        action="store_true",
+        help="keep each finished federated run's client-state/ and shared-records/ "
+        "(needed only to resume a run; removed by default)",
+    )
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report")
     ap.add_argument("--figures", type=Path, help="also write the plots to this folder")
     ap.add_argument(
@@ -273,7 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.report_only:
         try:
-            execute(config, runs, args.cpus, ray_address(args.ray_address), args.backend)
+            execute(
+                config,
+                runs,
+                args.cpus,
+                ray_address(args.ray_address),
+                args.backend,
+                keep_client_state=args.keep_client_state,
+            )
         except ClusterError as err:
             print(f"experiments.run: error: {err}", file=sys.stderr)
             return 2

@@ -14,7 +14,15 @@ import torch
 
 from experiments.config import ROOT, ConfigError, load_config
 from experiments.report import markdown_table, summarize, write_report
-from experiments.run import main, parse_settings, plan, run_values, with_settings
+from experiments.run import (
+    RESUME_ONLY,
+    main,
+    parse_settings,
+    plan,
+    prune_finished,
+    run_values,
+    with_settings,
+)
 from server.run_config import RunConfig
 
 CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
@@ -210,6 +218,26 @@ def test_reference_runs_in_process_and_are_skipped_once_done(
     assert main(args) == 0
     assert first.result_file.stat().st_mtime_ns == stamp  # finished runs are not redone
     assert "[small] markov" not in capsys.readouterr().out
+
+
+def test_a_federated_run_is_done_only_with_its_final_test_and_then_pruned(
+    small_config: Path, tmp_path: Path
+) -> None:
+    """results.json is written after every round: a run stopped mid-way (no final test)
+    is not done, so running the command again resumes it; a finished run loses only its
+    resume-only folders."""
+    [run, _] = plan(load_config(small_config), tmp_path, methods=["fedavg"], seeds=[0])
+    for name in RESUME_ONLY:
+        (run.out_dir / name / "client-1").mkdir(parents=True)
+    run.result_file.write_text(json.dumps({"rounds": [{"round": 1}]}), encoding="utf-8")
+    assert not run.done
+    prune_finished([run])
+    assert all((run.out_dir / name).is_dir() for name in RESUME_ONLY)  # kept: resumable
+    run.result_file.write_text(json.dumps({"rounds": [], "test": {"acc@1": 0.5}}), "utf-8")
+    assert run.done
+    prune_finished([run])
+    assert not any((run.out_dir / name).exists() for name in RESUME_ONLY)
+    assert run.result_file.is_file()
 
 
 def test_untrained_reference_is_the_freshly_built_model(tmp_path: Path) -> None:
