@@ -8,7 +8,8 @@ a gravity model, with no network:
 - b2 log(d(centroid, l) + eps)``
 
 ``visitors_l`` and ``checkins_l`` count the users and check-ins at ``l`` in every
-user's training prefix (what the population prior's federated sums can hold),
+user's training prefix (the population prior's secure sum holds the visitors, capped per
+user; the check-ins would take one more such sum),
 ``d(last, l)`` is the great-circle distance from the user's last place, and
 ``d(centroid, l)`` the distance from the centre of the places the user had visited. The
 weights are chosen on the training split's new-place samples (a grid, best new-place
@@ -140,13 +141,20 @@ def new_place_metrics(scores: np.ndarray, samples: NewPlaceSamples) -> dict[str,
 def fit_weights(
     samples: NewPlaceSamples, visitors: np.ndarray, checkins: np.ndarray
 ) -> dict[str, float]:
-    """The grid point with the best new-place Acc@10 (then MRR) on ``samples``."""
+    """The grid point with the best new-place Acc@10 (then MRR) on ``samples``. The log
+    terms are computed once per ``eps`` and per popularity count, not per grid point."""
     best_key, best = (-1.0, -1.0), {}
-    for values in itertools.product(*GRID.values()):
-        weights = dict(zip(GRID, values, strict=True))
-        m = new_place_metrics(gravity_scores(samples, visitors, checkins, **weights), samples)
-        if (m["new-acc@10"], m["new-mrr"]) > best_key:
-            best_key, best = (m["new-acc@10"], m["new-mrr"]), weights
+    log_visitors, log_checkins = np.log1p(visitors), np.log1p(checkins)
+    for eps in GRID["eps"]:
+        log_last = np.log(samples.d_last + eps)
+        log_centroid = np.log(samples.d_centroid + eps)
+        for a, c, b1, b2 in itertools.product(GRID["a"], GRID["c"], GRID["b1"], GRID["b2"]):
+            popularity = a * log_visitors + c * log_checkins
+            scores = popularity[None] - b1 * log_last - b2 * log_centroid
+            m = new_place_metrics(scores, samples)
+            if (m["new-acc@10"], m["new-mrr"]) > best_key:
+                best_key = (m["new-acc@10"], m["new-mrr"])
+                best = {"a": a, "c": c, "b1": b1, "b2": b2, "eps": eps}
     return best
 
 

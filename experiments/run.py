@@ -73,8 +73,8 @@ class PlannedRun:
 
 RESUME_ONLY = ("client-state", "shared-records")
 """Folders of a federated run needed only to resume it: each client's persistent state
-(one or two files per client, megabytes each with the local-only baseline's whole model)
-and the records shared with the clients through files."""
+(its two newest files; megabytes per client where the state is model-sized: local-only,
+SCAFFOLD, FedDyn) and the records shared with the clients through files."""
 
 
 def prune_finished(runs: Sequence[PlannedRun]) -> None:

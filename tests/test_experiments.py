@@ -427,10 +427,10 @@ def test_nomemory_screen_reference_rankings_follow_their_definitions() -> None:
     from experiments.nomemory_screen import popularity_ranks, target_counts, window_copy_ranks
     from fedgeo.models import SampleIndex
 
-    user = hand_made_user
-
     # training targets: place 5 four times, places 1 and 2 three times each
-    index = SampleIndex([user([0, 5, 5, 5, 5, 1, 1, 2, 1]), user([3, 2, 1, 2, 3])])
+    index = SampleIndex(
+        [hand_made_user([0, 5, 5, 5, 5, 1, 1, 2, 1]), hand_made_user([3, 2, 1, 2, 3])]
+    )
     counts = target_counts(index, num_places=6)
     np.testing.assert_array_equal(counts, [0, 3, 3, 0, 0, 4])
     # user 0's target 1: after 5 (its tie with 2 counts below it); user 1's 3: last of 4
@@ -452,14 +452,13 @@ def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_
     )
     from fedgeo.data.dataset import Dataset, Places
 
-    user = hand_made_user
-
     # five places on a line of longitude, about 1.1 km apart
     places = Places(ids=np.arange(5), latitude=np.zeros(5), longitude=np.arange(5) * 0.01)
 
     # user 0: validation targets 0 (a return: skipped) and 3 (new, after place 0)
     # user 1: validation target 4 (new, after place 0; places 0 and 1 visited)
-    dataset = Dataset(places, [user([0, 1, 2, 0, 3], [1, 2], [3, 4]), user([1, 0, 4], [1], [2])])
+    users = [hand_made_user([0, 1, 2, 0, 3], [1, 2], [3, 4]), hand_made_user([1, 0, 4], [1], [2])]
+    dataset = Dataset(places, users)
     visitors, checkins = training_popularity(dataset)
     np.testing.assert_array_equal(visitors, [2, 2, 1, 0, 0])
     np.testing.assert_array_equal(checkins, [2, 2, 1, 0, 0])
