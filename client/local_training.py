@@ -33,7 +33,7 @@ from client.state import select, with_prefix
 from fedgeo.data.errors import TooLittleData
 from fedgeo.data.partition import client_profile
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
-from fedgeo.message_keys import MODEL_CONFIG, PRIOR_CHECKSUM, PRIOR_CONFIG
+from fedgeo.message_keys import MODEL_CONFIG, PRIOR_CHECKSUM, PRIOR_CONFIG, SERVER_ROUND
 from fedgeo.models import FeatureBuilder, ModelConfig, NextLocationModel, SampleIndex, build_model
 from fedgeo.training import Evaluation, TrainConfig, evaluate, train_local
 
@@ -194,11 +194,13 @@ class TrainOutcome:
 
 
 def train_config(config: Mapping[str, Any], seed: int) -> TrainConfig:
-    """The local optimization settings of a train instruction."""
+    """The local optimization settings of a train instruction. The learning rate of
+    round ``r`` is ``lr * lr-decay ** (r - 1)``."""
+    decay = float(config.get("lr-decay", 1.0)) ** max(int(config.get(SERVER_ROUND, 1)) - 1, 0)
     return TrainConfig(
         epochs=int(config.get("local-epochs", 1)),
         batch_size=int(config.get("batch-size", 64)),
-        lr=float(config.get("lr", 2e-3)),
+        lr=float(config.get("lr", 2e-3)) * decay,
         optimizer=str(config.get("optimizer", "adam")),
         weight_decay=float(config.get("weight-decay", 0.0)),
         grad_clip=float(config.get("grad-clip", 5.0)),

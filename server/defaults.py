@@ -113,6 +113,7 @@ GENERAL: dict[str, Scalar] = {
     "local-epochs": 1,
     "batch-size": 64,
     "lr": 0.002,
+    "lr-decay": 1.0,
     "optimizer": "adam",
     "weight-decay": 0.0,
     "grad-clip": 5.0,

@@ -57,6 +57,7 @@ TRAIN_KEYS = (
     "local-epochs",
     "batch-size",
     "lr",
+    "lr-decay",
     "optimizer",
     "weight-decay",
     "grad-clip",
@@ -142,6 +143,10 @@ class RunConfig:
         for key in ("test-every", "early-stop-patience"):
             if int(config.values[key]) < 0:
                 raise ValueError(f"run-config '{key}' must be >= 0, got {config.values[key]}")
+        if not 0.0 < float(config.values["lr-decay"]) <= 1.0:
+            raise ValueError(
+                f"run-config 'lr-decay' must be in (0, 1], got {config.values['lr-decay']}"
+            )
         if config.values["scaffold-control"] not in SCAFFOLD_CONTROLS:
             raise ValueError(
                 f"run-config 'scaffold-control' must be one of {', '.join(SCAFFOLD_CONTROLS)}, "

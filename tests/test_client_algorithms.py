@@ -293,3 +293,21 @@ def test_instructions_refuse_an_unknown_scaffold_control() -> None:
         TrainInstructions.from_content(content)
     content = RecordDict({"config": ConfigRecord({"scaffold-control": "mean-gradient"})})
     assert TrainInstructions.from_content(content).scaffold_control == "mean-gradient"
+
+
+# --- local learning rate schedule ---------------------------------------------------------
+
+
+def test_local_learning_rate_decays_by_round_and_bad_decays_are_refused() -> None:
+    from client.local_training import train_config
+    from fedgeo.message_keys import SERVER_ROUND
+    from server.run_config import RunConfig
+
+    settings = RunConfig.from_mapping({"lr": 0.01, "lr-decay": 0.9}).train_settings()
+    lrs = [train_config({**settings, SERVER_ROUND: r}, seed=0).lr for r in (1, 2, 11)]
+    assert lrs == pytest.approx([0.01, 0.009, 0.01 * 0.9**10])
+    plain = RunConfig.from_mapping({"lr": 0.01}).train_settings()
+    assert train_config({**plain, SERVER_ROUND: 50}, seed=0).lr == 0.01
+    for bad in (0.0, -0.5, 1.2):
+        with pytest.raises(ValueError, match="lr-decay"):
+            RunConfig.from_mapping({"lr-decay": bad})

@@ -64,6 +64,7 @@ SPECIAL: dict[str, Any] = {
     "synthetic-rho": 0.5,
     "synthetic-gamma": 0.3,
     "model-dropout": 0.2,
+    "lr-decay": 0.99,
     "population-cohort-size": 50,
     "population-neighbours": 6,
 }
