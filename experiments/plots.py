@@ -6,7 +6,9 @@
 * ``client_accuracy.png``: distribution (ECDF) of per-client test Acc@1, first seed;
 * ``participation.png``: FedGeo's participation probability against each client's number
   of distinct places (first seed; with a sweep, its last value);
-* ``sweep.png``: test Acc@1 against the swept key, mean ± std (configs with a sweep).
+* ``sweep.png``: test Acc@1 against the swept key, mean ± std (configs with a sweep);
+* ``methods.png``: test Acc@1 and MRR of every method, mean ± std over seeds (the table
+  as a picture).
 """
 
 from __future__ import annotations
@@ -172,6 +174,30 @@ def plot_sweep(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path)
     return _save(fig, path)
 
 
+def plot_methods(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Test Acc@1 and MRR of every method (and sweep value), mean ± std over seeds, one
+    row each in the config's order."""
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    variant = frame["variant"].fillna("").astype(str)
+    frame["name"] = frame["label"] + variant.map(lambda v: f" ({v})" if v else "")
+    order = list(dict.fromkeys(frame["name"]))
+    stats = frame.groupby("name", sort=False)[["acc@1", "mrr"]].agg(["mean", "std"])
+    stats = stats.reindex(order)
+    y = np.arange(len(order))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(order) + 1.4), sharey=True)
+    for ax, metric in zip(axes, ("acc@1", "mrr"), strict=True):
+        mean = stats[(metric, "mean")].to_numpy()
+        std = np.nan_to_num(stats[(metric, "std")].to_numpy())
+        ax.errorbar(mean, y, xerr=std, fmt="o", capsize=3)
+        ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(y, order, fontsize=7)
+    axes[0].invert_yaxis()
+    return _save(fig, path)
+
+
 def make_plots(
     config: ExperimentConfig, out_root: Path, folder: Path, rows: list[dict[str, Any]]
 ) -> list[Path]:
@@ -183,5 +209,6 @@ def make_plots(
         plot_client_accuracy(runs, folder / "client_accuracy.png"),
         plot_participation(config, runs, folder / "participation.png"),
         plot_sweep(config, rows, folder / "sweep.png"),
+        plot_methods(rows, folder / "methods.png"),
     ]
     return [p for p in made if p is not None]

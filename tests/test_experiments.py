@@ -148,7 +148,7 @@ def test_report_means_stds_table_and_plots(small_config: Path, tmp_path: Path) -
     assert "0.3000 ± 0.1414" in table and "synthetic-extreme-fraction=0.5" in table
     assert (out / "small" / "table.md").read_text() == table
     made = {p.name for p in figures.iterdir()}
-    assert {"curves.png", "client_accuracy.png", "sweep.png"} <= made
+    assert {"curves.png", "client_accuracy.png", "sweep.png", "methods.png"} <= made
 
 
 def test_report_adds_the_return_and_new_place_table_when_runs_have_it(
