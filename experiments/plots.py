@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.config import ExperimentConfig  # noqa: E402
+from experiments.report import summarize  # noqa: E402
 from experiments.run import PlannedRun, plan, run_values  # noqa: E402
 
 
@@ -174,26 +175,21 @@ def plot_sweep(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path)
     return _save(fig, path)
 
 
-def plot_methods(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Test Acc@1 and MRR of every method (and sweep value), mean ± std over seeds, one
-    row each in the config's order."""
-    if not rows:
+def plot_methods(summary: list[dict[str, Any]], path: Path) -> Path | None:
+    """Test Acc@1 and MRR of every method (and sweep value), mean ± std over seeds as in
+    the report's table (:func:`experiments.report.summarize`), one row each in order."""
+    if not summary:
         return None
-    frame = pd.DataFrame(rows)
-    variant = frame["variant"].fillna("").astype(str)
-    frame["name"] = frame["label"] + variant.map(lambda v: f" ({v})" if v else "")
-    order = list(dict.fromkeys(frame["name"]))
-    stats = frame.groupby("name", sort=False)[["acc@1", "mrr"]].agg(["mean", "std"])
-    stats = stats.reindex(order)
-    y = np.arange(len(order))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(order) + 1.4), sharey=True)
+    names = [e["label"] + (f" ({e['variant']})" if e["variant"] else "") for e in summary]
+    y = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(names) + 1.4), sharey=True)
     for ax, metric in zip(axes, ("acc@1", "mrr"), strict=True):
-        mean = stats[(metric, "mean")].to_numpy()
-        std = np.nan_to_num(stats[(metric, "std")].to_numpy())
+        mean = [e[metric] for e in summary]
+        std = [e[f"{metric}_std"] for e in summary]
         ax.errorbar(mean, y, xerr=std, fmt="o", capsize=3)
         ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    axes[0].set_yticks(y, order, fontsize=7)
+    axes[0].set_yticks(y, names, fontsize=7)
     axes[0].invert_yaxis()
     return _save(fig, path)
 
@@ -209,6 +205,6 @@ def make_plots(
         plot_client_accuracy(runs, folder / "client_accuracy.png"),
         plot_participation(config, runs, folder / "participation.png"),
         plot_sweep(config, rows, folder / "sweep.png"),
-        plot_methods(rows, folder / "methods.png"),
+        plot_methods(summarize(rows), folder / "methods.png"),
     ]
     return [p for p in made if p is not None]
