@@ -10,6 +10,7 @@ from fedgeo.data.dataset import Places, UserData
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig
 from fedgeo.models import FeatureBuilder, ModelConfig, SampleIndex, build_model
 from fedgeo.models.features import (
+    HISTORY_FEATURES,
     MEMORY_FEATURES,
     WINDOW_COUNT,
     hour_of_week,
@@ -254,6 +255,7 @@ def test_centralized_command_passes_the_model_start_options():
     assert not cfg.prior_init
     assert model_config_from_args(parser.parse_args(["--prior-init"])).prior_init
     assert not model_config_from_args(parser.parse_args(["--no-prior-init"])).prior_init
+    assert model_config_from_args(parser.parse_args(["--history-scores"])).history_scores
 
 
 def test_features_unchanged_when_future_changes():
@@ -393,3 +395,58 @@ def test_window_pointer_ranks_recent_places_first_without_memory():
     assert any(k.startswith("window_gate.") for k in model.shared_state())
     plain, _ = build_model(12, 1, ModelConfig(**base), seed=0)
     assert not any(k.startswith("window_gate.") for k in plain.state_dict())
+
+
+def test_history_features_count_only_the_past():
+    monday_midnight = 1_704_067_200
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4], start=monday_midnight)  # one check-in an hour
+    places = make_places()
+    cfg = ModelConfig(**SMALL, prior_propagation=False, prior_score=False, history_scores=True)
+    fb = FeatureBuilder(12, cfg, coordinates=places.coordinates())
+    # Position 6 (06:00, target 3): history 0,1,0,2,0,1 at 00:00..05:00; last two 0, 1.
+    history = fb.build(SampleIndex([user]), np.array([0]), np.array([6]))["history"][0].numpy()
+    feature = {name: history[i] for i, name in enumerate(HISTORY_FEATURES)}
+    np.testing.assert_allclose(np.expm1(feature["weekday"])[:5], [3, 2, 1, 0, 0], atol=1e-5)
+    # within 2 hours of 06:00: the check-ins at 04:00 (place 0) and 05:00 (place 1)
+    np.testing.assert_allclose(np.expm1(feature["time-of-day"])[:5], [1, 1, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(np.expm1(feature["hours-since"])[:5], [2, 1, 3, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(np.expm1(feature["checkins-since"])[:5], [2, 1, 3, 0, 0], atol=1e-5)
+    # 0 -> 1 -> 0 once (positions 0..2); 0 -> 1 -> 3 is the target itself
+    np.testing.assert_allclose(np.expm1(feature["second-order"])[:5], [1, 0, 0, 0, 0], atol=1e-5)
+    lat, lon = np.radians(places.latitude), np.radians(places.longitude)
+    flat_km = 6371.0 * np.hypot(lat[0] - lat[1], (lon[0] - lon[1]) * np.cos(lat[1]))
+    assert np.expm1(feature["km-visited"][0]) == pytest.approx(flat_km, rel=1e-3)
+    assert feature["km-visited"][1] == 0.0  # the last place itself
+    assert np.all(feature["km-visited"][3:] == 0) and np.all(feature["km-new"][:3] == 0)
+    assert np.all(feature["km-new"][3:] > 0)
+
+
+def test_history_scores_start_silent_and_are_shared():
+    user = make_user([0, 1, 0, 2, 0, 1, 3, 4])
+    coordinates = make_places().coordinates()
+    base = dict(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
+    plain, plain_features = build_model(12, 1, ModelConfig(**base), seed=0)
+    model, features = build_model(
+        12, 1, ModelConfig(**base, history_scores=True), seed=0, coordinates=coordinates
+    )
+    index = SampleIndex([user])
+    batch = features.build(index, np.array([0]), np.array([6]))
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model.eval()(batch).numpy(),
+            plain.eval()(plain_features.build(index, np.array([0]), np.array([6]))).numpy(),
+            atol=1e-6,
+        )
+    assert {"history_gate.weight", "history_gate.bias"} <= set(model.shared_state())
+    with torch.no_grad():  # a trained gate on "hours since" moves the visited places only
+        model.history_gate.bias[HISTORY_FEATURES.index("hours-since")] = -1.0
+        moved = model(batch) - plain(plain_features.build(index, np.array([0]), np.array([6])))
+    assert torch.all(moved[0, :3] < 0) and torch.all(moved[0, 3:] == 0)
+
+
+def test_history_scores_need_memory_and_coordinates():
+    with pytest.raises(ValueError, match="model-history-scores"):
+        ModelConfig(history_scores=True, personal_memory=False)
+    with pytest.raises(ValueError, match="coordinates"):
+        FeatureBuilder(12, ModelConfig(**SMALL, history_scores=True))
+    assert ModelConfig.from_dict({}).history_scores is False  # a config stored before them

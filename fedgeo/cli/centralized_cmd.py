@@ -91,6 +91,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--prior-k", type=positive_int, default=10, help="neighbours per place in the prior"
     )
     group.add_argument(
+        "--history-scores",
+        action="store_true",
+        help="score places by more of the user's own history (history scores, docs/model.md)",
+    )
+    group.add_argument(
         "--population-prior",
         action="store_true",
         help="score places by what other users do (population prior, docs/model.md)",
@@ -147,6 +152,7 @@ def model_config_from_args(args: argparse.Namespace):
         personal_memory=not args.no_personal_memory,
         user_embedding=not args.no_user_embedding,
         population_prior=bool(args.population_prior),
+        history_scores=bool(args.history_scores),
     )
     return cfg.without_prior() if args.no_prior else cfg
 

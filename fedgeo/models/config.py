@@ -25,6 +25,7 @@ OPTIONS_MISSING_FROM_OLDER_CONFIGS = {
     "population_prior": False,
     "architecture": "memory",
     "window_pointer": False,
+    "history_scores": False,
 }
 """What a stored configuration that lacks these options meant: it was written before they
 existed (:meth:`ModelConfig.from_dict`). The first three came with memory model v2 (return
@@ -32,7 +33,7 @@ score: a config without them is memory model v1, which had no return score);
 ``prior_score_places`` with memory model v3 (a config without it, v2's included, had the
 prior score lift every place); ``population_prior`` with the population prior (off before);
 ``architecture`` with the model zoo (the memory model before); ``window_pointer`` with the
-window pointer (off before).
+window pointer (off before); ``history_scores`` with the history scores (off before).
 docs/model.md names the versions."""
 
 
@@ -109,6 +110,15 @@ class ModelConfig:
     no-memory regime can rank the returns that dominate next-location targets from the
     first round; its gates start at softplus(1)."""
 
+    history_scores: bool = False
+    """Add context-gated scores, unconstrained in sign, from more of the user's own
+    history (on the device, like the personal memory; :data:`HISTORY_FEATURES
+    <fedgeo.models.features.HISTORY_FEATURES>`): visits on the target's weekday and near
+    its time of day, hours and check-ins since the latest visit, second-order transitions,
+    and the distance from the last place. The gates start at zero, so the untrained model
+    is unchanged; training learns how much each weighs in which context. Needs
+    ``personal_memory`` and the places' coordinates."""
+
     def __post_init__(self) -> None:
         if self.architecture not in MODELS:
             raise ValueError(
@@ -129,6 +139,11 @@ class ModelConfig:
                 f"model option prior_score_places (run-config model-prior-score-places) "
                 f"must be one of {', '.join(PRIOR_SCORE_PLACES)}, "
                 f"got {self.prior_score_places!r}"
+            )
+        if self.history_scores and not self.personal_memory:
+            raise ValueError(
+                "model option history_scores (run-config model-history-scores) needs "
+                "personal_memory (model-personal-memory = true)"
             )
         if self.training_memory == "leave-one-out" and self.memory_limit > 0:
             raise ValueError(
@@ -159,9 +174,9 @@ class ModelConfig:
 
     @property
     def needs_coordinates(self) -> bool:
-        """Whether the features need the places' coordinates (the distances that Flashback
-        and the Transformer read)."""
-        return self.architecture in COORDINATE_MODELS
+        """Whether the features need the places' coordinates (the distances that Flashback,
+        the Transformer and the history scores read)."""
+        return self.architecture in COORDINATE_MODELS or self.history_scores
 
     @property
     def uses_prior(self) -> bool:

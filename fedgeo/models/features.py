@@ -30,7 +30,7 @@ import torch
 
 from fedgeo.data.dataset import UserData
 from fedgeo.geo.prior import EARTH_RADIUS_KM
-from fedgeo.models.config import ModelConfig
+from fedgeo.models.config import COORDINATE_MODELS, ModelConfig
 from fedgeo.population import PopulationFeatures
 
 HOURS_PER_WEEK = 168
@@ -40,6 +40,17 @@ MEMORY_FEATURES = ("freq", "trans", "slot", "recency")
 POPULATION_FEATURES = ("trans-visited", "trans-new", "visitors-visited", "visitors-new")
 """The population scores: others' transitions out of the last place and others' visits,
 each on the places the user has visited and on the others."""
+HISTORY_FEATURES = (
+    "weekday", "time-of-day", "hours-since", "checkins-since", "second-order",
+    "km-visited", "km-new",
+)  # fmt: skip
+"""The history scores (``ModelConfig.history_scores``, :meth:`FeatureBuilder.history`):
+the user's own visits on the target's weekday and near its time of day, how long ago
+(hours, check-ins) the latest visit was, transitions from the last two places, and the
+distance from the last place, on visited and on new places."""
+TIME_OF_DAY_HOURS = 2
+"""A visit counts for ``time-of-day`` when its local hour is within this many hours of the
+target's (on any day)."""
 WINDOW_FEATURES = ("window-count", "window-recency")
 """The window pointer's scores (:func:`window_pointer_features`)."""
 WINDOW_COUNT = WINDOW_FEATURES.index("window-count")
@@ -122,6 +133,8 @@ class FeatureBuilder:
         self.population = population
         self.radians: np.ndarray | None = None
         """``(L, 2)`` latitude and longitude in radians (models that need distances)."""
+        self.cos_lat: np.ndarray | None = None
+        """``(L,)`` cosine of each place's latitude."""
         if config.needs_coordinates:
             if coordinates is None or np.shape(coordinates) != (num_places, 2):
                 raise ValueError(
@@ -129,6 +142,7 @@ class FeatureBuilder:
                     f"{num_places} places"
                 )
             self.radians = np.radians(np.asarray(coordinates, dtype=np.float64))
+            self.cos_lat = np.cos(self.radians[:, 0])
         self.prior_rows: sp.csr_matrix | None = None
         if prior_matrix is not None and config.prior_score:
             rows = sp.csr_matrix(prior_matrix, dtype=np.float32)
@@ -175,14 +189,14 @@ class FeatureBuilder:
             "last_place": torch.from_numpy(last_place),
             "target": torch.from_numpy(index.places[flat_target]),
         }
-        if self.radians is not None:  # time gaps and distances to the last check-in
+        if cfg.architecture in COORDINATE_MODELS:  # time gaps, distances to the last check-in
             gap_s = index.times[last_flat][:, None] - index.times[win_pos_c]
             out["window_gap_hours"] = torch.from_numpy(
                 np.where(valid, np.maximum(gap_s, 0) / 3600.0, 0.0).astype(np.float32)
             )
             here = self.radians[last_place][:, None, :]
             there = self.radians[index.places[win_pos_c]]
-            km = np.where(valid, _haversine_km(here, there), 0.0).astype(np.float32)
+            km = np.where(valid, haversine_km(here, there), 0.0).astype(np.float32)
             out["window_distance_km"] = torch.from_numpy(km)
         if cfg.personal_memory:
             train_end = None
@@ -201,6 +215,10 @@ class FeatureBuilder:
                     win_pos_c,
                     train_end,
                 )
+            )
+        if cfg.history_scores:
+            out["history"] = torch.from_numpy(
+                self.history(index, starts, positions, last_place, flat_target, out["memory"])
             )
         if cfg.population_prior and self.population is not None:
             trans, visitors = self.population.rows(users, last_place)
@@ -271,9 +289,83 @@ class FeatureBuilder:
         memory[:, 3] = recency
         return memory
 
+    def history(
+        self,
+        index: SampleIndex,
+        starts: np.ndarray,
+        positions: np.ndarray,
+        last_place: np.ndarray,
+        flat_target: np.ndarray,
+        memory: torch.Tensor,
+    ) -> np.ndarray:
+        """The history maps ``(B, len(HISTORY_FEATURES), L)`` over check-ins ``[:p]``
+        (``memory_limit`` applies; always the past, also for leave-one-out training):
 
-def _haversine_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Great-circle distances (km) between ``(..., 2)`` arrays of radians (lat, lon)."""
+        * ``weekday``: ``log(1 + visits on the target's weekday)``;
+        * ``time-of-day``: ``log(1 + visits within TIME_OF_DAY_HOURS of its local hour)``;
+        * ``hours-since``, ``checkins-since``: ``log(1 + hours)`` and ``log(1 + check-ins)``
+          since the latest visit, 0 for places never visited;
+        * ``second-order``: ``log(1 + transitions l_{p-2} -> l_{p-1} -> l)``;
+        * ``km-visited``, ``km-new``: ``log(1 + km)`` from the last place, on the visited
+          places and on the others (needs the coordinates)."""
+        num = self.num_places
+        batch = len(positions)
+        if self.radians is None:
+            raise ValueError("history scores need the coordinates of the places")
+        lengths = positions.copy()
+        first = starts.copy()
+        if self.config.memory_limit > 0:
+            lengths = np.minimum(lengths, self.config.memory_limit)
+            first = flat_target - lengths
+        rows = np.repeat(np.arange(batch), lengths)
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        hist = np.repeat(first, lengths) + within
+        cell = rows * num + index.places[hist]
+        size = batch * num
+        how = index.hour_of_week[hist]
+        target_how = np.repeat(index.hour_of_week[flat_target], lengths)
+        weekday = np.bincount(cell[how // 24 == target_how // 24], minlength=size)
+        hour_diff = np.abs(how % 24 - target_how % 24)
+        near = np.minimum(hour_diff, 24 - hour_diff) <= TIME_OF_DAY_HOURS
+        time_of_day = np.bincount(cell[near], minlength=size)
+        # The latest visit of every visited cell: its last entry (entries are time-ordered).
+        visited, last_entry = np.unique(cell[::-1], return_index=True)
+        latest = hist[::-1][last_entry]
+        target_of = flat_target[visited // num]
+        hours = (index.times[target_of] - index.times[latest]) / 3600.0
+        hours_since = np.zeros(size)
+        hours_since[visited] = np.log1p(np.maximum(hours, 0.0))
+        checkins_since = np.zeros(size)
+        checkins_since[visited] = np.log1p(target_of - latest)
+        user_start = np.repeat(starts, lengths)
+        has_two = hist - 2 >= user_start
+        before = np.where(has_two, index.places[np.maximum(hist - 2, 0)], -1)
+        prev = np.where(hist - 1 >= user_start, index.places[np.maximum(hist - 1, 0)], -1)
+        second_last = np.where(positions >= 2, index.places[np.maximum(flat_target - 2, 0)], -2)
+        is_second = (prev == np.repeat(last_place, lengths)) & (
+            before == np.repeat(second_last, lengths)
+        )
+        second_order = np.bincount(cell[is_second], minlength=size)
+        origins, row_of = np.unique(last_place, return_inverse=True)
+        km = np.log1p(
+            haversine_km(self.radians[origins][:, None, :], self.radians[None], self.cos_lat)
+        )[row_of]
+        seen = (memory[:, FREQ] > 0).numpy()
+        out = np.empty((batch, len(HISTORY_FEATURES), num), dtype=np.float32)
+        out[:, 0] = np.log1p(weekday).reshape(batch, num)
+        out[:, 1] = np.log1p(time_of_day).reshape(batch, num)
+        out[:, 2] = hours_since.reshape(batch, num)
+        out[:, 3] = checkins_since.reshape(batch, num)
+        out[:, 4] = np.log1p(second_order).reshape(batch, num)
+        out[:, 5] = km * seen
+        out[:, 6] = km * ~seen
+        return out
+
+
+def haversine_km(a: np.ndarray, b: np.ndarray, cos_lat_b: np.ndarray | None = None) -> np.ndarray:
+    """Great-circle distances (km) between ``(..., 2)`` arrays of radians (lat, lon);
+    ``cos_lat_b``: ``cos`` of ``b``'s latitudes, when already known."""
     dlat, dlon = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
-    h = np.sin(dlat / 2) ** 2 + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin(dlon / 2) ** 2
+    cos_b = np.cos(b[..., 0]) if cos_lat_b is None else cos_lat_b
+    h = np.sin(dlat / 2) ** 2 + np.cos(a[..., 0]) * cos_b * np.sin(dlon / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))

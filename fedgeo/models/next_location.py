@@ -10,6 +10,7 @@ Scores over all ``L`` places for a batch built by :class:`~fedgeo.models.feature
             + sum_f softplus(G_f q + c_f) * M_f[l]                  personal memory (on device)
             + (G_r q + c_r) * 1[freq[l] > 0]                         return score (optional)
             + softplus(G_a q + c_a) * A_row(last)[l]                 prior score
+            + sum_f (G_h q + c_h)_f * H_f[l]                          history scores (optional)
             + sum_f (G_p q + c_p)_f * P_f[l]                          population score (optional)
             + sum_f softplus(G_w q + c_w)_f * W_f[l]                  window pointer (optional)
 
@@ -28,6 +29,7 @@ from fedgeo.models.config import ModelConfig
 from fedgeo.models.encoders import build_encoder
 from fedgeo.models.features import (
     FREQ,
+    HISTORY_FEATURES,
     HOURS_PER_WEEK,
     MEMORY_FEATURES,
     POPULATION_FEATURES,
@@ -105,6 +107,10 @@ class NextLocationModel(nn.Module):
             self.population_gate = nn.Linear(gate_in, len(POPULATION_FEATURES))
             nn.init.zeros_(self.population_gate.weight)
             nn.init.zeros_(self.population_gate.bias)
+        if cfg.history_scores:
+            self.history_gate = nn.Linear(gate_in, len(HISTORY_FEATURES))
+            nn.init.zeros_(self.history_gate.weight)
+            nn.init.zeros_(self.history_gate.bias)
         if cfg.window_pointer:
             self.window_gate = nn.Linear(gate_in, len(WINDOW_FEATURES))
             nn.init.zeros_(self.window_gate.weight)
@@ -164,6 +170,9 @@ class NextLocationModel(nn.Module):
             if self.config.return_score:
                 seen = (batch["memory"][:, FREQ] > 0).to(scores.dtype)
                 scores = scores + self.return_gate(context) * seen
+        if self.config.history_scores:
+            gates = self.history_gate(context)
+            scores = scores + torch.einsum("bf,bfl->bl", gates, batch["history"])
         pointer = None
         if self.config.window_pointer:
             gates = nn.functional.softplus(self.window_gate(context))
