@@ -92,6 +92,19 @@ def fit(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return (weights * mask).detach()
 
 
+def screen_inputs(data: str | None, seed: int):
+    """The data set (``data``, or the synthetic city) and a feature builder of the memory
+    model with the geographic prior's row and the population prior (seeded build)."""
+    dataset, _ = load_dataset(data) if data else load_dataset()
+    prior = AdjacencyPrior.from_places(dataset.places, PriorConfig(k=10))
+    config = ModelConfig(prior_propagation=False, population_prior=True)
+    population = build_population(dataset, PopulationConfig(), seed=seed)
+    _, builder = build_model(
+        dataset.num_places, len(dataset.users), config, prior, population=population
+    )
+    return dataset, builder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="check-in CSV (default: the synthetic city)")
@@ -105,13 +118,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    dataset, _ = load_dataset(a.data) if a.data else load_dataset()
-    prior = AdjacencyPrior.from_places(dataset.places, PriorConfig(k=10))
-    config = ModelConfig(prior_propagation=False, population_prior=True)
-    population = build_population(dataset, PopulationConfig(), seed=a.seed)
-    _, builder = build_model(
-        dataset.num_places, len(dataset.users), config, prior, population=population
-    )
+    dataset, builder = screen_inputs(a.data, a.seed)
     index = SampleIndex(dataset.users)
 
     def split(name: str, limit: int = 0, last_only: bool = False):

@@ -39,13 +39,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.feature_screen import NAMES, feature_maps  # noqa: E402
-from fedgeo.centralized import build_population  # noqa: E402
-from fedgeo.data.loading import load_dataset  # noqa: E402
-from fedgeo.geo.prior import AdjacencyPrior, PriorConfig  # noqa: E402
-from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
+from experiments.feature_screen import NAMES, feature_maps, screen_inputs  # noqa: E402
+from fedgeo.models import SampleIndex  # noqa: E402
 from fedgeo.models.features import haversine_km  # noqa: E402
-from fedgeo.population import PopulationConfig  # noqa: E402
 
 UNTRAINED = np.array([1.31] * 4 + [4.0, 0.69] + [0.0] * 4)
 """The untrained model's weights of the maps in ``NAMES`` (memory gates, return boost,
@@ -123,29 +119,13 @@ def candidate_rows(dataset, index, users, positions, maps, targets):
     return out
 
 
-def evaluate(samples, model, columns) -> str:
+def summary(samples, score) -> str:
+    """Acc@1, MRR and return MRR when ``score(rows)`` ranks each sample's candidates;
+    a target outside them ranks below every candidate, in the untrained order."""
     rr, ret_rr, acc1 = [], [], []
     for cand, rows, order, target, seen in samples:
         if target in cand:
-            proba = model.predict_proba(rows[:, columns])[:, 1]
-            t = proba[cand.tolist().index(target)]
-            rank = int(np.sum(proba >= t))
-        else:  # below every candidate, in the untrained order of the rest
-            rest = order[~np.isin(order, cand)]
-            rank = len(cand) + int(np.flatnonzero(rest == target)[0]) + 1
-        rr.append(1 / rank)
-        acc1.append(rank == 1)
-        if target in seen:
-            ret_rr.append(1 / rank)
-    return f"Acc@1 {np.mean(acc1):.4f} MRR {np.mean(rr):.4f} | return MRR {np.mean(ret_rr):.4f}"
-
-
-def untrained_summary(samples) -> str:
-    untrained_col = MODEL_FEATURES.index("untrained score")
-    rr, ret_rr, acc1 = [], [], []
-    for cand, rows, order, target, seen in samples:
-        s = rows[:, untrained_col]
-        if target in cand:
+            s = score(rows)
             rank = int(np.sum(s >= s[cand.tolist().index(target)]))
         else:
             rest = order[~np.isin(order, cand)]
@@ -169,13 +149,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    dataset, _ = load_dataset(a.data) if a.data else load_dataset()
-    prior = AdjacencyPrior.from_places(dataset.places, PriorConfig(k=10))
-    config = ModelConfig(prior_propagation=False, population_prior=True)
-    population = build_population(dataset, PopulationConfig(), seed=a.seed)
-    _, builder = build_model(
-        dataset.num_places, len(dataset.users), config, prior, population=population
-    )
+    dataset, builder = screen_inputs(a.data, a.seed)
     index = SampleIndex(dataset.users)
 
     def split(name: str, limit: int = 0):
@@ -199,7 +173,8 @@ def main() -> None:
         evals["test"] = split("test")
     print(f"features built in {time.perf_counter() - started:.0f} s", flush=True)
     for name, samples in evals.items():
-        print(f"untrained model's scores | {name} {untrained_summary(samples)}", flush=True)
+        untrained = summary(samples, lambda rows: rows[:, MODEL_FEATURES.index("untrained score")])
+        print(f"untrained model's scores | {name} {untrained}", flush=True)
     x = np.concatenate([rows for _, rows, _, _, _ in train])
     y = np.concatenate([(cand == target).astype(int) for cand, _, _, target, _ in train])
     all_features = MODEL_FEATURES + CONTEXT_FEATURES + HISTORY_FEATURES
@@ -212,7 +187,11 @@ def main() -> None:
         model = HistGradientBoostingClassifier(
             max_iter=300, learning_rate=0.05, max_leaf_nodes=31, random_state=a.seed
         ).fit(x[:, columns], y)
-        parts = " || ".join(f"{n} {evaluate(s, model, columns)}" for n, s in evals.items())
+
+        def score(rows, model=model, columns=columns):
+            return model.predict_proba(rows[:, columns])[:, 1]
+
+        parts = " || ".join(f"{n} {summary(s, score)}" for n, s in evals.items())
         print(f"{label} | {parts}", flush=True)
 
 

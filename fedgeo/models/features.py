@@ -235,6 +235,24 @@ class FeatureBuilder:
         assert out["target"].shape[0] == batch
         return out
 
+    def _history_entries(
+        self,
+        starts: np.ndarray,
+        positions: np.ndarray,
+        flat_target: np.ndarray,
+        train_end: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample, how many past check-ins the memory counts (``[:p]``, or
+        ``[:train_end]``; at most ``memory_limit``), and their flat indices, sample after
+        sample in time order."""
+        lengths = positions.copy() if train_end is None else train_end.copy()
+        first = starts.copy()
+        if self.config.memory_limit > 0:
+            lengths = np.minimum(lengths, self.config.memory_limit)
+            first = flat_target - lengths
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return lengths, np.repeat(first, lengths) + within
+
     def _memory(
         self,
         index: SampleIndex,
@@ -250,16 +268,9 @@ class FeatureBuilder:
         minus the target ``p`` (leave-one-out)."""
         num = self.num_places
         batch = len(positions)
-        lengths = positions.copy() if train_end is None else train_end.copy()
-        first = starts.copy()
-        if self.config.memory_limit > 0:
-            lengths = np.minimum(lengths, self.config.memory_limit)
-            first = flat_target - lengths
-        rows = np.repeat(np.arange(batch), lengths)
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        hist = np.repeat(first, lengths) + within
+        lengths, hist = self._history_entries(starts, positions, flat_target, train_end)
         hist_places = index.places[hist]
-        cell = rows * num + hist_places
+        cell = np.repeat(np.arange(batch), lengths) * num + hist_places
         size = batch * num
         freq = np.bincount(cell, minlength=size)
         # Transitions out of the last place: history entries whose predecessor
@@ -312,15 +323,8 @@ class FeatureBuilder:
         batch = len(positions)
         if self.radians is None:
             raise ValueError("history scores need the coordinates of the places")
-        lengths = positions.copy()
-        first = starts.copy()
-        if self.config.memory_limit > 0:
-            lengths = np.minimum(lengths, self.config.memory_limit)
-            first = flat_target - lengths
-        rows = np.repeat(np.arange(batch), lengths)
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        hist = np.repeat(first, lengths) + within
-        cell = rows * num + index.places[hist]
+        lengths, hist = self._history_entries(starts, positions, flat_target)
+        cell = np.repeat(np.arange(batch), lengths) * num + index.places[hist]
         size = batch * num
         how = index.hour_of_week[hist]
         target_how = np.repeat(index.hour_of_week[flat_target], lengths)
