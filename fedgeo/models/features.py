@@ -137,10 +137,12 @@ class FeatureBuilder:
         """``(L,)`` cosine of each place's latitude."""
         if config.needs_coordinates:
             if coordinates is None or np.shape(coordinates) != (num_places, 2):
-                raise ValueError(
-                    f"model {config.architecture!r} needs the coordinates of the "
-                    f"{num_places} places"
+                who = (
+                    "the history scores need"
+                    if config.history_scores
+                    else f"model {config.architecture!r} needs"
                 )
+                raise ValueError(f"{who} the coordinates of the {num_places} places")
             self.radians = np.radians(np.asarray(coordinates, dtype=np.float64))
             self.cos_lat = np.cos(self.radians[:, 0])
         self.prior_rows: sp.csr_matrix | None = None
@@ -321,8 +323,6 @@ class FeatureBuilder:
           places and on the others (needs the coordinates)."""
         num = self.num_places
         batch = len(positions)
-        if self.radians is None:
-            raise ValueError("history scores need the coordinates of the places")
         lengths, hist = self._history_entries(starts, positions, flat_target)
         cell = np.repeat(np.arange(batch), lengths) * num + index.places[hist]
         size = batch * num
