@@ -39,7 +39,10 @@ class TrainConfig:
     grad_clip: float = 5.0
     """Max gradient norm (0 disables clipping)."""
     patience: int = 3
-    """Centralized: epochs without validation MRR gain before stopping."""
+    """Centralized: validation checks without an MRR gain before stopping."""
+    checks_per_epoch: int = 1
+    """Centralized: validation checks per epoch (each after an equal share of the
+    epoch's shuffled samples); the model keeps the parameters of the best check."""
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"
@@ -86,7 +89,8 @@ class Evaluation:
 class FitResult:
     """What :func:`fit` did."""
 
-    best_epoch: int
+    best_epoch: float
+    """Epochs trained when validation peaked (``1.5``: half-way through the second)."""
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -208,43 +212,57 @@ def fit(
         raise ValueError("no training samples")
     has_validation = index.samples("validation")[0].size > 0
     optimizer = make_optimizer(model.parameters(), cfg)
-    best_score, best_epoch, best_state, stale = -1.0, 0, None, 0
+    checks = max(1, int(cfg.checks_per_epoch))
+    best_score, best_epoch, best_state, stale = -1.0, 0.0, None, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     bar = _progress(cfg.epochs, progress)
+    epochs_run, stop = 0, False
     for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        loss_sum, _ = train_epoch(
-            model, features, index, train_users, train_pos, optimizer, cfg, rng
+        epochs_run = epoch
+        # One share a check; with one check the epoch is one pass in a random order.
+        shares = (
+            [np.arange(len(train_users))]
+            if checks == 1
+            else np.array_split(rng.permutation(len(train_users)), checks)
         )
-        record = {"epoch": epoch, "train_loss": loss_sum / len(train_users)}
-        if has_validation:
-            val = evaluate(
-                model, features, index, "validation", cfg.eval_batch_size, cfg.device
-            ).metrics()
-            record.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
-            score = val["mrr"]
-        else:
-            score = -record["train_loss"]
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
+        for part, share in enumerate(shares, start=1):
+            t0 = time.perf_counter()
+            loss_sum, _ = train_epoch(
+                model, features, index, train_users[share], train_pos[share], optimizer, cfg, rng
+            )
+            at = epoch if checks == 1 else round(epoch - 1 + part / checks, 4)
+            record = {"epoch": at, "train_loss": loss_sum / max(len(share), 1)}
+            if has_validation:
+                val = evaluate(
+                    model, features, index, "validation", cfg.eval_batch_size, cfg.device
+                ).metrics()
+                record.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
+                score = val["mrr"]
+            else:
+                score = -record["train_loss"]
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            if log is not None:
+                log(_format_record(record))
+            if score > best_score:
+                best_score, best_epoch, stale = score, record["epoch"], 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    stop = True
+                    break
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_mrr=f"{score:.4f}")
-        if log is not None:
-            log(_format_record(record))
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+        if stop:
+            break
     if bar is not None:
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(best_epoch, len(history), history, time.perf_counter() - started)
+    return FitResult(best_epoch, epochs_run, history, time.perf_counter() - started)
 
 
 def train_local(

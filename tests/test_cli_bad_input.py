@@ -351,6 +351,17 @@ BAD_OPTIONS = [
     ),
     ("centralized-lr", ["centralized", "--out", "{out}", "--lr", "-1"], "number > 0"),
     ("centralized-window", ["centralized", "--out", "{out}", "--window", "0"], "integer >= 1"),
+    ("centralized-dropout", ["centralized", "--out", "{out}", "--dropout", "1"], "model-dropout"),
+    (
+        "centralized-weight-decay",
+        ["centralized", "--out", "{out}", "--weight-decay", "-1"],
+        "number >= 0",
+    ),
+    (
+        "centralized-checks",
+        ["centralized", "--out", "{out}", "--checks-per-epoch", "0"],
+        "integer >= 1",
+    ),
     (
         "centralized-training-memory",
         ["centralized", "--out", "{out}", "--training-memory", "future"],

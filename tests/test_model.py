@@ -256,6 +256,7 @@ def test_centralized_command_passes_the_model_start_options():
     assert model_config_from_args(parser.parse_args(["--prior-init"])).prior_init
     assert not model_config_from_args(parser.parse_args(["--no-prior-init"])).prior_init
     assert model_config_from_args(parser.parse_args(["--history-scores"])).history_scores
+    assert model_config_from_args(parser.parse_args(["--dropout", "0.3"])).dropout == 0.3
 
 
 def test_features_unchanged_when_future_changes():

@@ -52,6 +52,31 @@ def test_early_stopping_restores_the_best_epoch(city):
     assert val["mrr"] == pytest.approx(best["val_mrr"], abs=1e-9)
 
 
+def test_checks_within_an_epoch_keep_the_best_check(city):
+    model, features = build_model(
+        city.num_places, len(city.users), ModelConfig(**SMALL).without_prior(), None, seed=0
+    )
+    cfg = TrainConfig(epochs=2, batch_size=64, seed=0, patience=10, checks_per_epoch=4)
+    result = fit(model, features, city.users, cfg, progress=False)
+    assert [r["epoch"] for r in result.history] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    best = max(result.history, key=lambda r: r["val_mrr"])
+    assert result.best_epoch == best["epoch"] and result.epochs_run == 2
+    val = evaluate(model, features, SampleIndex(city.users), "validation").metrics()
+    assert val["mrr"] == pytest.approx(best["val_mrr"], abs=1e-9)
+
+
+def test_patience_counts_checks_not_epochs(city):
+    model, features = build_model(
+        city.num_places, len(city.users), ModelConfig(**SMALL).without_prior(), None, seed=0
+    )
+    cfg = TrainConfig(epochs=50, batch_size=64, lr=0.05, seed=0, patience=2, checks_per_epoch=3)
+    result = fit(model, features, city.users, cfg, progress=False)
+    scores = [r["val_mrr"] for r in result.history]
+    best_at = scores.index(max(scores))
+    assert len(scores) == best_at + 1 + 2 < 50 * 3  # stopped two checks after the best
+    assert result.epochs_run == -(-len(scores) // 3)
+
+
 def test_evaluate_ranks_new_place_targets_among_the_unvisited_places(city):
     model, features, _ = _train(city, seed=0, epochs=1)
     index = SampleIndex(city.users)

@@ -9,6 +9,7 @@ from pathlib import Path
 from fedgeo.cli.common import (
     add_dataset_arguments,
     dataset_from_args,
+    non_negative_float,
     positive_float,
     positive_int,
     prepare_out_dir,
@@ -31,7 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--lr", type=positive_float, default=2e-3)
-    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument(
+        "--weight-decay", type=non_negative_float, default=0.0, help="Adam's L2 penalty (default 0)"
+    )
+    parser.add_argument(
+        "--patience", type=int, default=3, help="validation checks without gain before stopping"
+    )
+    parser.add_argument(
+        "--checks-per-epoch",
+        type=positive_int,
+        default=1,
+        help="validation checks per epoch; the best check's model is kept (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -47,6 +59,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embedding-dim", type=positive_int, default=None)
     group.add_argument("--hidden-dim", type=positive_int, default=None)
     group.add_argument("--window", type=positive_int, default=None)
+    group.add_argument("--dropout", type=float, default=None, help="dropout of the query network")
     group.add_argument("--no-prior", action="store_true", help="switch off every use of the prior")
     group.add_argument(
         "--prior-init",
@@ -141,6 +154,7 @@ def model_config_from_args(args: argparse.Namespace):
             ("embedding_dim", args.embedding_dim),
             ("hidden_dim", args.hidden_dim),
             ("window", args.window),
+            ("dropout", args.dropout),
             ("training_memory", args.training_memory),
         )
         if value is not None
@@ -173,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         patience=args.patience,
+        checks_per_epoch=args.checks_per_epoch,
         seed=args.seed,
     )
     summary = run_centralized(

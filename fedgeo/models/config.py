@@ -140,6 +140,11 @@ class ModelConfig:
                 f"must be one of {', '.join(PRIOR_SCORE_PLACES)}, "
                 f"got {self.prior_score_places!r}"
             )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(
+                f"model option dropout (run-config model-dropout) must be in [0, 1), "
+                f"got {self.dropout!r}"
+            )
         if self.history_scores and not self.personal_memory:
             raise ValueError(
                 "model option history_scores (run-config model-history-scores) needs "
