@@ -212,7 +212,9 @@ def fit(
         raise ValueError("no training samples")
     has_validation = index.samples("validation")[0].size > 0
     optimizer = make_optimizer(model.parameters(), cfg)
-    checks = max(1, int(cfg.checks_per_epoch))
+    checks = cfg.checks_per_epoch
+    if checks < 1:
+        raise ValueError(f"checks_per_epoch must be >= 1, got {checks}")
     best_score, best_epoch, best_state, stale = -1.0, 0.0, None, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -222,17 +224,16 @@ def fit(
         epochs_run = epoch
         # One share a check; with one check the epoch is one pass in a random order.
         shares = (
-            [np.arange(len(train_users))]
+            [slice(None)]
             if checks == 1
             else np.array_split(rng.permutation(len(train_users)), checks)
         )
         for part, share in enumerate(shares, start=1):
             t0 = time.perf_counter()
-            loss_sum, _ = train_epoch(
-                model, features, index, train_users[share], train_pos[share], optimizer, cfg, rng
-            )
+            users, positions = train_users[share], train_pos[share]
+            loss_sum, _ = train_epoch(model, features, index, users, positions, optimizer, cfg, rng)
             at = epoch if checks == 1 else round(epoch - 1 + part / checks, 4)
-            record = {"epoch": at, "train_loss": loss_sum / max(len(share), 1)}
+            record = {"epoch": at, "train_loss": loss_sum / max(len(users), 1)}
             if has_validation:
                 val = evaluate(
                     model, features, index, "validation", cfg.eval_batch_size, cfg.device

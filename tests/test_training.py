@@ -75,6 +75,8 @@ def test_patience_counts_checks_not_epochs(city):
     best_at = scores.index(max(scores))
     assert len(scores) == best_at + 1 + 2 < 50 * 3  # stopped two checks after the best
     assert result.epochs_run == -(-len(scores) // 3)
+    with pytest.raises(ValueError, match="checks_per_epoch"):
+        fit(model, features, city.users, TrainConfig(checks_per_epoch=0), progress=False)
 
 
 def test_evaluate_ranks_new_place_targets_among_the_unvisited_places(city):

@@ -11,6 +11,7 @@ import argparse
 import codecs
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fedgeo.cli.errors import UsageError
@@ -29,26 +30,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
+def _number(text: str, accept: Callable[[float], bool], expected: str) -> float:
+    """A finite number that ``accept`` takes, or an argparse error naming ``expected``."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if not (math.isfinite(value) and accept(value)):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(text, lambda v: v > 0, "a number > 0")
 
 
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+    return _number(text, lambda v: v >= 0, "a number >= 0")
 
 
 def fraction(text: str) -> float:
