@@ -225,7 +225,9 @@ def handle_train(message: Message, context: Context) -> Message:
     if outcome.arrays is not None and SECURE_SUM_CONFIG in config:
         # Secure aggregation: the update stays here until the masked stage.
         examples = int(outcome.metrics["num-examples"])
-        content[STAGE_OUT] = start_secure_update(message, context, outcome.arrays, examples)
+        content[STAGE_OUT] = start_secure_update(
+            message, context, source, outcome.arrays, examples
+        )
     elif outcome.arrays is not None:
         content[ARRAYS] = _record(outcome.arrays)
     if outcome.control_delta is not None:

@@ -4,7 +4,9 @@
   data set's description under ``"data-spec"`` (JSON of a
   :class:`fedgeo.data.loading.DataSpec`). The worker process loads and
   preprocesses that data set once (cached by the spec) and the node keeps the user at
-  index ``node_config["partition-id"]`` of ``Dataset.users``.
+  index ``node_config["partition-id"]`` of ``Dataset.users``, or, when the simulation
+  has fewer nodes than users and the server shares them, the user the instruction's
+  ``user-partition`` names.
 * **Device** (the node config has ``store-path`` or ``data-path``): the node reads its
   own check-ins from the device agent's SQLite store at ``store-path``
   (:class:`client.agent.store.CheckinStore`) or from the file ``data-path`` (format
@@ -34,7 +36,7 @@ from fedgeo.data.loading import DataSpec, load_dataset, load_spec
 from fedgeo.data.partition import ClientData, client_data
 from fedgeo.data.places_io import read_places_csv
 from fedgeo.data.protocol import ProtocolConfig, preprocess
-from fedgeo.message_keys import DATA_SPEC
+from fedgeo.message_keys import DATA_SPEC, USER_PARTITION
 
 PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
@@ -151,6 +153,8 @@ def client_source(
     spec = config.get(DATA_SPEC)
     device_key = STORE_PATH if node_config.get(STORE_PATH) else DATA_PATH
     if node_config.get(device_key):
+        if USER_PARTITION in config:
+            raise ValueError(f"'{USER_PARTITION}' is for simulated nodes; a device holds one user")
         if not node_config.get(PLACES_PATH):
             raise ValueError(f"node config has '{device_key}' but no '{PLACES_PATH}'")
         protocol = DataSpec.from_json(str(spec), key=DATA_SPEC).protocol if spec else None
@@ -176,7 +180,7 @@ def client_source(
     if PARTITION_ID not in node_config:
         raise ValueError(f"simulated node without '{PARTITION_ID}' in its node config")
     dataset = _spec_dataset(str(spec))
-    partition = int(node_config[PARTITION_ID])
+    partition = int(config.get(USER_PARTITION, node_config[PARTITION_ID]))
     if not 0 <= partition < len(dataset.users):
         raise ValueError(
             f"partition id {partition} outside the data set's {len(dataset.users)} users "

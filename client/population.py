@@ -89,8 +89,10 @@ def noisy_contribution(source: ClientSource, config: Mapping[str, Any]) -> np.nd
     return vector
 
 
-def _session_record(config: Mapping[str, Any]) -> str:
-    return f"fedgeo-secure-sum:{config.get(SESSION, '')}"
+def _session_record(config: Mapping[str, Any], client_key: int) -> str:
+    """The node-state record of one client's session (a simulated node may serve several
+    users, each with its own session)."""
+    return f"fedgeo-secure-sum:{config.get(SESSION, '')}:{client_key}"
 
 
 def handle_stage(message: Message, context: Context, source: ClientSource) -> RecordDict:
@@ -103,7 +105,7 @@ def handle_stage(message: Message, context: Context, source: ClientSource) -> Re
         vector = noisy_contribution(source, config)
         return RecordDict({CONTRIBUTION: ArrayRecord({CONTRIBUTION: Array(vector)})})
     cohort = SecureSumConfig.from_json(str(config[SECURE_SUM_CONFIG]))
-    record_name = _session_record(config)
+    record_name = _session_record(config, source.key)
     inputs = dict(message.content.get(STAGE_IN, {}))
     if "member" not in inputs:
         raise ValueError(f"population stage {stage!r} without this client's cohort id")
@@ -157,7 +159,11 @@ def handle_stage(message: Message, context: Context, source: ClientSource) -> Re
 
 
 def start_secure_update(
-    message: Message, context: Context, arrays: Mapping[str, np.ndarray], num_examples: int
+    message: Message,
+    context: Context,
+    source: ClientSource,
+    arrays: Mapping[str, np.ndarray],
+    num_examples: int,
 ) -> ConfigRecord:
     """Secure aggregation of a train round: keep ``[n, n * arrays]`` (flattened in the
     arrays' order) on the client for the mask stage and return the setup stage's reply
@@ -169,7 +175,7 @@ def start_secure_update(
     n = float(num_examples)
     parts = [np.array([n])] + [n * np.asarray(a, dtype=np.float64).ravel() for a in arrays.values()]
     vector = np.concatenate(parts)
-    context.state[_session_record(config)] = ConfigRecord(
+    context.state[_session_record(config, source.key)] = ConfigRecord(
         {"session": session.to_bytes(), "vector": vector.tobytes()}
     )
     return ConfigRecord(session.setup())

@@ -14,8 +14,8 @@ Two stores, chosen per instruction:
   up to its own, so a run resumed from a round-``R`` checkpoint sees exactly the state
   the clients had after round ``R`` (a file left by an interrupted later round is
   ignored, then overwritten). The two newest files are kept.
-* **memory** otherwise: an ArrayRecord in ``context.state`` (Flower keeps the context
-  of a simulated node for the whole run; it does not survive a restart).
+* **memory** otherwise: an ArrayRecord per client key in ``context.state`` (Flower keeps
+  the context of a simulated node for the whole run; it does not survive a restart).
 
 ``<run-key>`` (instruction config ``run-key``) names the federation, so several
 federations in one simulation never see each other's state.
@@ -53,7 +53,8 @@ class ClientStateStore:
     ) -> None:
         self.context = context
         run_key = str(config.get(RUN_KEY, "default"))
-        self.record_name = f"fedgeo-state:{run_key}"
+        # One record per client key: a simulated node may serve several users.
+        self.record_name = f"fedgeo-state:{run_key}:{client_key}"
         root = context.node_config.get(STATE_DIR) or (
             config.get(CLIENT_STATE_DIR) if simulated else None
         )

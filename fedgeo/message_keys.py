@@ -30,6 +30,10 @@ PROFILE = "profile"
 """Reply MetricRecord of a ``query``: the client's data profile."""
 CLIENT_KEY = "client-key"
 """Query reply metric: the partition id of a simulated client, -1 on a device."""
+USER_PARTITION = "user-partition"
+"""Config, simulation only: the user (partition id) a message is for when one simulated
+node serves several users (fewer SuperNodes than users); without it the node's own
+``partition-id`` applies."""
 SPLIT = "split"
 """Evaluate config: ``validation`` or ``test``."""
 RETURN_RANKS = "return-ranks"

@@ -36,8 +36,9 @@ run config as 0."""
 
 DEFAULT_CITY: dict[str, Scalar] = {"synthetic-num-users": 12, "synthetic-num-places": 200}
 """The embedded default city of ``fedgeo simulate`` and ``flwr run .``: a 12-user
-version of the synthetic city, so that the main job runs in a minute and ``flwr run .``
-simulates one SuperNode per user (``num-supernodes = 12`` in pyproject.toml). The
+version of the synthetic city, so that the main job runs in a minute (``flwr run .``
+federates its 12 users on Flower's 2 default SuperNodes, or one node each with
+``--federation-config "num-supernodes=12"``). The
 library's ``SyntheticConfig()`` (200 users) is the city of ``fedgeo centralized`` and
 ``fedgeo baseline`` without ``--data``."""
 

@@ -9,7 +9,9 @@ time rounds:
    bits of its Flower node id on a device. Flower draws fresh random node ids in every
    simulation, so the strategies see the nodes only through :class:`NodeView`, which
    renames them; node sampling then depends only on ``(seed, round, node)`` and a
-   resumed run samples the same clients. The replies' data profiles go to
+   resumed run samples the same clients. A simulation with fewer nodes than users
+   shares them: each user keeps its stable id, and its messages name it
+   (:func:`discover_nodes`). The replies' data profiles go to
    ``strategy.set_profiles`` (FedGeo).
 2. *Round r.* ``seed_round(seed, r)``; ``configure_train`` -> ``send_and_receive`` ->
    ``aggregate_train``. Error replies are counted as failures, except those of clients
@@ -36,6 +38,7 @@ round and on resume).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -52,11 +55,13 @@ from flwr.serverapp.strategy import Strategy
 from fedgeo.data.errors import TOO_LITTLE_DATA_CODE
 from fedgeo.message_keys import (
     CLIENT_KEY,
+    CONFIG,
     POPULATION_PRIOR,
     PROFILE,
     RETURN_RANKS,
     SERVER_ROUND,
     SPLIT,
+    USER_PARTITION,
 )
 from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums
 from fedgeo.population import CandidateIndex, PopulationPrior
@@ -102,23 +107,31 @@ class NodeView(Grid):
     """A grid whose nodes carry stable ids (see the module docstring).
 
     Strategies and the loop address nodes by stable id; messages are renamed on the
-    way out (``dst_node_id``) and replies on the way back (``src_node_id``).
-    ``send_and_receive`` polls for replies itself so that a ``stop`` event or the
-    timeout ends the wait.
+    way out (``dst_node_id``) and replies on the way back (``src_node_id``, from the
+    message each reply answers). ``send_and_receive`` polls for replies itself so that
+    a ``stop`` event or the timeout ends the wait.
+
+    **Shared nodes.** A simulation with fewer SuperNodes than users lets one node serve
+    several users: ``users`` maps such a stable id to its user's partition id, which its
+    messages carry in their config (``user-partition``). ``send_and_receive`` then keeps
+    at most one message in flight per node, so that a node's state (each user's in its
+    own record) is never written by two messages at once.
     """
 
     def __init__(
         self,
         grid: Grid,
-        real_to_stable: Mapping[int, int],
+        stable_to_real: Mapping[int, int],
         stop: threading.Event | None = None,
         on_progress: ProgressHook | None = None,
+        users: Mapping[int, int] | None = None,
     ) -> None:
         self.grid = grid
-        self.to_stable = dict(real_to_stable)
-        self.to_real = {s: r for r, s in self.to_stable.items()}
+        self.to_real = dict(stable_to_real)
+        self.users = dict(users or {})
         self.stop = stop
         self.on_progress = on_progress
+        self._sent: dict[str, int] = {}  # message id -> stable id of its destination
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
@@ -134,18 +147,26 @@ class NodeView(Grid):
         return sorted(self.to_real)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        outgoing = []
+        outgoing, stables = [], []
         for message in messages:
-            message.metadata.dst_node_id = self.to_real[int(message.metadata.dst_node_id)]
+            stable = int(message.metadata.dst_node_id)
+            if stable in self.users:
+                message.content = _for_user(message.content, self.users[stable])
+            message.metadata.dst_node_id = self.to_real[stable]
             outgoing.append(message)
-        return list(self.grid.push_messages(outgoing))
+            stables.append(stable)
+        ids = list(self.grid.push_messages(outgoing))
+        self._sent.update(zip(ids, stables, strict=True))
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         replies = list(self.grid.pull_messages(message_ids))
         for reply in replies:
+            stable = self._sent.pop(reply.metadata.reply_to_message_id, None)
+            if stable is None:  # not sent through this view
+                stable = int(reply.metadata.src_node_id)
             # Metadata has no setter for the source; Flower itself writes __dict__ here.
-            real = int(reply.metadata.src_node_id)
-            reply.metadata.__dict__["_src_node_id"] = self.to_stable.get(real, real)
+            reply.metadata.__dict__["_src_node_id"] = stable
         return replies
 
     def send_and_receive(
@@ -156,10 +177,22 @@ class NodeView(Grid):
         label: str | None = None,
     ) -> list[Message]:
         """Send ``messages`` and wait for their replies (or ``timeout``); with a ``label``
-        the view's ``on_progress(label, replies, messages)`` hook hears of every reply."""
-        order = self.push_messages(messages)  # message ids in the order sent
+        the view's ``on_progress(label, replies, messages)`` hook hears of every reply.
+        A message for a shared node waits until the node answered the one before."""
+        batch = list(messages)
+        held: dict[int, collections.deque[Message]] = collections.defaultdict(collections.deque)
+        busy: set[int] = set()
+        first = []
+        for message in batch:
+            real = self.to_real[int(message.metadata.dst_node_id)]
+            if real in busy:
+                held[real].append(message)
+            else:
+                busy.add(real)
+                first.append(message)
+        order = self.push_messages(first)  # message ids in the order sent
         pending = set(order)
-        total = len(pending)
+        total = len(batch)
         oldest = 0
         report = self.on_progress if label is not None else None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -177,13 +210,33 @@ class NodeView(Grid):
             got = self.pull_messages(window[:POLL_WINDOW])
             replies.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
+            following = [
+                held[real].popleft()
+                for real in (self.to_real[int(m.metadata.src_node_id)] for m in got)
+                if held.get(real)
+            ]
+            if following:
+                sent = self.push_messages(following)
+                order.extend(sent)
+                pending.update(sent)
             if report is not None and got:
                 report(label, len(replies), total)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(PULL_INTERVAL)
+        for message_id in pending:  # unanswered: forget them
+            self._sent.pop(message_id, None)
         # Arrival order varies; aggregation sums floats in reply order, so fix it.
         return sorted(replies, key=lambda m: int(m.metadata.src_node_id))
+
+
+def _for_user(content: RecordDict, partition: int) -> RecordDict:
+    """``content`` addressed to the user ``partition`` of a shared simulated node: the
+    same records (not copied) with a config that names the user."""
+    config = content.get(CONFIG)
+    out = RecordDict({k: v for k, v in content.items() if k != CONFIG})
+    out[CONFIG] = ConfigRecord({**(config or {}), USER_PARTITION: partition})
+    return out
 
 
 @dataclass
@@ -269,13 +322,7 @@ def wait_for_nodes(
         if len(nodes) >= wanted:
             return nodes
         if len(nodes) >= minimum and (now - last_change >= SETTLE_S or now >= deadline):
-            logger.warning(
-                "only %d of %d nodes connected; going on with them (a simulation runs one "
-                "node per user: with flwr run, pass --federation-config \"num-supernodes=%d\")",
-                len(nodes),
-                wanted,
-                wanted,
-            )
+            logger.info("%d of %d nodes connected; going on with them", len(nodes), wanted)
             return nodes
         if now >= deadline:
             raise RuntimeError(
@@ -296,30 +343,52 @@ def discover_nodes(
     """Wait for the nodes, query their profiles, and name them by stable id.
 
     Returns the view, the profiles, the query errors and the replies of nodes with too
-    little data to train (left out, not errors)."""
+    little data to train (left out, not errors).
+
+    A simulation with fewer nodes than users (``setup.expected_nodes``) shares them:
+    user ``p`` is served by node ``p mod nodes``, and its messages name it (see
+    :class:`NodeView`). Results are those of one node per user; only fewer clients run
+    at once."""
     cfg = setup.config
     minimum = cfg.min_nodes
     wanted = setup.expected_nodes or minimum
     nodes = wait_for_nodes(grid, wanted, minimum, cfg.node_wait, stop)
+    partitions: dict[int, int] = {}
+    if setup.expected_nodes is not None and len(nodes) < setup.expected_nodes:
+        logger.warning(
+            "%d users share %d simulated nodes (for one node per user with flwr run, pass "
+            '--federation-config "num-supernodes=%d")',
+            setup.expected_nodes,
+            len(nodes),
+            setup.expected_nodes,
+        )
+        partitions = {p + 1: p for p in range(setup.expected_nodes)}
+        targets = {p + 1: nodes[p % len(nodes)] for p in range(setup.expected_nodes)}
+    else:
+        targets = {n: n for n in nodes}
     messages = [
-        Message(RecordDict({"config": ConfigRecord(setup.instruction)}), node, "query")
-        for node in nodes
+        Message(RecordDict({"config": ConfigRecord(setup.instruction)}), target, "query")
+        for target in targets
     ]
-    identity = NodeView(grid, {n: n for n in nodes}, stop, on_progress)
-    replies = identity.send_and_receive(messages, timeout=cfg.round_timeout, label="profile query")
+    probe = NodeView(grid, targets, stop, on_progress, partitions)
+    replies = probe.send_and_receive(messages, timeout=cfg.round_timeout, label="profile query")
     good, errors, too_small = _split(replies)
-    mapping: dict[int, int] = {}
+    mapping: dict[int, int] = {}  # stable id -> Flower node id
+    users: dict[int, int] = {}  # stable id -> partition id, on shared nodes
     profiles: dict[int, dict[str, float]] = {}
     for reply in good:
         profile = dict(reply.content[PROFILE])
         key = int(profile.pop(CLIENT_KEY, -1))
-        real = int(reply.metadata.src_node_id)
+        target = int(reply.metadata.src_node_id)
+        real = targets[target]
         # Flower node ids are unsigned 64-bit; strategies hold node ids as int64.
         stable = key + 1 if key >= 0 else real & 0x7FFF_FFFF_FFFF_FFFF
         if stable in profiles:
             errors.append(f"node {real}: client key {key} already taken; node left out")
             continue
-        mapping[real] = stable
+        mapping[stable] = real
+        if target in partitions:
+            users[stable] = partitions[target]
         profiles[stable] = {k: float(v) for k, v in profile.items()}
     for error in errors:
         logger.warning("query failed: %s", error)
@@ -331,7 +400,7 @@ def discover_nodes(
             + (f"; {len(too_small)} with too little data to train" if too_small else "")
             + (f"; first error: {errors[0]}" if errors else "")
         )
-    return NodeView(grid, mapping, stop, on_progress), profiles, errors, too_small
+    return NodeView(grid, mapping, stop, on_progress, users), profiles, errors, too_small
 
 
 def _participation(strategy: Strategy, server_round: int, sampled: list[int]) -> dict[str, Any]:
