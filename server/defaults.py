@@ -110,6 +110,7 @@ GENERAL: dict[str, Scalar] = {
     "fedgeo-median-iters": 10,
     "fedgeo-median-tol": 1e-6,
     "fedgeo-weighting": "examples",
+    "fedgeo-dynamic-alpha": 0.0,
     # local training (sent to the clients in every train instruction)
     "local-epochs": 1,
     "batch-size": 64,

@@ -326,6 +326,52 @@ def test_fedgeo_geometric_median_reduces_logged_drift() -> None:
     assert drifts["drift-weighted"] < drifts["mean"]
 
 
+def test_fedgeo_dynamic_correction_is_feddyn_around_its_aggregate() -> None:
+    """With the mean, uniform weights and no exclusion, FedGeo's dynamic correction is
+    FedDyn; with the geometric median it moves the median by the same -h / alpha."""
+    grid = NodesGrid(range(10, 20))
+    init = arrays_record(emb=np.zeros((5, 3), np.float32), bias=np.zeros(5, np.float32))
+    off = ExclusionConfig(enabled=False)
+    strategies = {
+        "feddyn": FedDyn(fraction_train=0.5, alpha=0.1),
+        "mean": FedGeo(fraction_train=0.5, exclusion=off, aggregation="mean",
+                       weighting="uniform", dynamic_alpha=0.1),
+        "median": FedGeo(fraction_train=0.5, exclusion=off, dynamic_alpha=0.1),
+        "plain median": FedGeo(fraction_train=0.5, exclusion=off),
+    }
+    arrays = dict.fromkeys(strategies, init)
+    for server_round in (1, 2, 3):
+        new = {}
+        for name, strategy in strategies.items():
+            start = arrays["median"] if name == "plain median" else arrays[name]
+            seed_round(5, server_round)
+            sent = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))
+            new[name], _ = strategy.aggregate_train(
+                server_round, _random_replies(sent, server_round)
+            )
+        config = sent[0].content["config"]
+        assert PROXIMAL_MU in config and FEDDYN_ALPHA not in config  # "plain median"
+        h = strategies["median"].h
+        for key in ("emb", "bias"):
+            np.testing.assert_allclose(new["mean"][key].numpy(), new["feddyn"][key].numpy(),
+                                       atol=1e-6)
+            np.testing.assert_allclose(strategies["mean"].h[key], strategies["feddyn"].h[key],
+                                       atol=1e-7)
+            np.testing.assert_allclose(new["median"][key].numpy(),
+                                       new["plain median"][key].numpy() - h[key] / 0.1, atol=1e-5)
+        arrays = new
+    seed_round(5, 4)
+    sent = list(strategies["median"].configure_train(4, arrays["median"], ConfigRecord(), grid))
+    config = sent[0].content["config"]
+    assert config[FEDDYN_ALPHA] == 0.1 and config[PROXIMAL_MU] == 0.0
+    assert np.abs(h["emb"]).max() > 0
+
+
+def test_fedgeo_rejects_a_negative_dynamic_alpha() -> None:
+    with pytest.raises(ValueError, match="dynamic_alpha"):
+        FedGeo(dynamic_alpha=-1.0)
+
+
 def test_fedgeo_server_lr_scales_the_update() -> None:
     grid = NodesGrid([1, 2])
     strategy = FedGeo(server_lr=0.5)
@@ -536,6 +582,10 @@ STATEFUL: dict[str, Callable[[], Strategy]] = {
     "fedgeo": lambda: FedGeo(
         fraction_train=0.5, exclusion=ExclusionConfig(), aggregation="geometric-median", seed=2
     ),
+    "fedgeo-dynamic": lambda: FedGeo(
+        fraction_train=0.5, exclusion=ExclusionConfig(), aggregation="geometric-median", seed=2,
+        dynamic_alpha=0.1,
+    ),
 }
 
 
@@ -560,7 +610,7 @@ def test_restored_strategy_continues_identically(name: str) -> None:
         assert a1[key].numpy().tobytes() == a2[key].numpy().tobytes()
 
     # A strategy that was not restored diverges (the state matters).
-    if name in ("fedavgm", "fedadam", "scaffold", "feddyn"):
+    if name in ("fedavgm", "fedadam", "scaffold", "feddyn", "fedgeo-dynamic"):
         fresh = STATEFUL[name]()
         a3, _ = _run_round(fresh, arrays, 3, grid)
         assert a3["w"].numpy().tobytes() != a1["w"].numpy().tobytes()

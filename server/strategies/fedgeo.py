@@ -10,6 +10,11 @@ On top of FedAvg, three independent switches:
   ``"drift-weighted"`` or ``"geometric-median"`` (:mod:`server.strategies.aggregation`);
 * **proximal anchoring** (``proximal_mu``): sent as ``"proximal-mu"`` in the train
   config, clients add ``mu/2 ||w - w_global||^2`` to their loss (as in FedProx);
+* **dynamic correction** (``dynamic_alpha`` > 0, off by default): FedDyn's dynamic
+  regularization around the chosen aggregate. Clients minimize FedDyn's local objective
+  (``"feddyn-alpha"`` in the config; its ``alpha/2`` term replaces the proximal one),
+  and the server keeps FedDyn's ``h`` and moves the aggregate by ``-h / alpha``
+  (docs/method.md, "Dynamic correction");
 
 plus a server learning rate ``server_lr``: ``theta <- theta + server_lr * (agg - theta)``.
 With exclusion disabled, ``aggregation="mean"``, ``proximal_mu=0`` and ``server_lr=1``
@@ -46,6 +51,7 @@ from server.strategies.aggregation import (
     get_aggregator,
 )
 from server.strategies.contract import (
+    FEDDYN_ALPHA,
     PROXIMAL_MU,
     array_views,
     as_dtype,
@@ -90,6 +96,8 @@ class FedGeo(FedAvg):
     weighting : str
         How much each client counts in the aggregate: ``"examples"`` (its number of
         training examples, as FedAvg) or ``"uniform"`` (one client, one user, one vote).
+    dynamic_alpha : float
+        FedDyn's alpha for the dynamic correction (0 disables it).
 
     The defaults of FedGeo's own settings are the run config's
     (:data:`server.defaults.DEFAULTS`); the others are FedAvg's.
@@ -118,6 +126,7 @@ class FedGeo(FedAvg):
         median_tol: float = MEDIAN_TOL,
         median_eps: float = 1e-8,
         weighting: str = str(DEFAULTS["fedgeo-weighting"]),
+        dynamic_alpha: float = float(DEFAULTS["fedgeo-dynamic-alpha"]),
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -139,6 +148,8 @@ class FedGeo(FedAvg):
             raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         if not server_lr > 0:
             raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        if not dynamic_alpha >= 0:
+            raise ValueError(f"dynamic_alpha must be >= 0, got {dynamic_alpha}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         get_aggregator(aggregation, drift_scale=drift_scale)  # validates the settings early
@@ -152,6 +163,10 @@ class FedGeo(FedAvg):
         self.median_tol = float(median_tol)
         self.median_eps = float(median_eps)
         self.weighting = weighting
+        self.dynamic_alpha = float(dynamic_alpha)
+        self.h: dict[str, np.ndarray] | None = None
+        """The dynamic correction's state (FedDyn's ``h``; float64, zeros at the start)."""
+        self.num_available_nodes = 0
         self.workspace = Workspace()
         """The geometric median's reusable matrix (scratch space, checkpointed empty)."""
         self.profiles: dict[int, dict[str, Any]] = {}
@@ -226,7 +241,16 @@ class FedGeo(FedAvg):
         if not node_ids:
             log(WARNING, "FedGeo: no node is eligible in round %s; it trains nobody", server_round)
         config["server-round"] = server_round
-        config[PROXIMAL_MU] = self.proximal_mu
+        if self.dynamic_alpha > 0:
+            config[FEDDYN_ALPHA] = self.dynamic_alpha
+            config[PROXIMAL_MU] = 0.0
+            self.num_available_nodes = len(available)
+            if self.h is None:
+                self.h = {
+                    k: np.zeros(v.shape, dtype=np.float64) for k, v in self.current_arrays.items()
+                }
+        else:
+            config[PROXIMAL_MU] = self.proximal_mu
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
@@ -267,6 +291,9 @@ class FedGeo(FedAvg):
             aggregated = result.arrays
             diagnostics = {"aggregation-iterations": result.iterations}
             distances = result.distances  # to the aggregate, before the cast to float32
+        if self.dynamic_alpha > 0:
+            aggregated = self._dynamic_correction(aggregated, client_arrays)
+            distances = None
         if self.server_lr != 1.0:
             if self.current_arrays is None:
                 raise AggregationError(reason="FedGeo: configure_train was not called first")
@@ -299,3 +326,31 @@ class FedGeo(FedAvg):
             metrics[key] = value
         self.current_arrays = aggregated
         return to_arrayrecord(aggregated), metrics
+
+    def _dynamic_correction(
+        self, aggregated: dict[str, np.ndarray], client_arrays: list[dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """FedDyn's server step around ``aggregated``: with ``k`` replies, ``n`` nodes
+        available and ``theta_prev`` the global arrays sent,
+        ``h <- h - alpha * sum_i (theta_i - theta_prev) / n`` and
+        ``theta <- aggregated - h / alpha``."""
+        if self.current_arrays is None or self.h is None:
+            raise AggregationError(reason="FedGeo: configure_train was not called first")
+        prev = self.current_arrays
+        if any(set(arrays) != set(prev) for arrays in client_arrays) or set(self.h) != set(prev):
+            raise AggregationError(
+                reason="FedGeo: reply arrays differ from the global arrays "
+                f"{sorted(prev)} (dynamic correction)"
+            )
+        k = len(client_arrays)
+        n = max(self.num_available_nodes, k)
+        alpha = self.dynamic_alpha
+        out = {}
+        for key, prev_key in prev.items():
+            prev64 = prev_key.astype(np.float64)
+            total = sum(arrays[key].astype(np.float64) for arrays in client_arrays)
+            self.h[key] = self.h[key] - alpha * (total - k * prev64) / n
+            out[key] = as_dtype(
+                aggregated[key].astype(np.float64) - self.h[key] / alpha, prev_key.dtype
+            )
+        return out
