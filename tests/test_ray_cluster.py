@@ -122,8 +122,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for pid in marked_processes(marker):  # anything the raylets left behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        _forget_cluster(port)
         time.sleep(1)
         assert marked_processes(marker) == []
+
+
+def _forget_cluster(port: int) -> None:
+    """Remove the address file ``ray start --head`` wrote (``ray stop`` would): left in
+    place, it names the stopped cluster, and any later ``ray.init()`` without an address
+    on this machine (Flower's Ray backend under ``flwr run``, say) waits for it forever."""
+    from ray._private.utils import get_ray_address_file
+
+    address_file = Path(get_ray_address_file(None))
+    with contextlib.suppress(FileNotFoundError):
+        if address_file.read_text().strip().endswith(f":{port}"):
+            address_file.unlink()
 
 
 def _nodes_of_client_actors(stop: threading.Event, seen: set[str]) -> None:
