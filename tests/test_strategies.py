@@ -19,7 +19,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
@@ -189,6 +189,15 @@ def test_feddyn_hand_computed_rounds() -> None:
     new2, _ = strategy.aggregate_train(2, replies)
     np.testing.assert_allclose(strategy.h["w"], [-0.25 - 0.25, -0.5 - 0.25])
     np.testing.assert_allclose(numpy_of(new2)["w"], [3.5 + 1.0, 6.0 + 1.5])
+
+
+def test_feddyn_and_the_dynamic_correction_reject_replies_with_other_arrays() -> None:
+    grid = NodesGrid([1, 2])
+    for strategy in (FedDyn(alpha=0.5), FedGeo(dynamic_alpha=0.5)):
+        sent = list(strategy.configure_train(1, arrays_record(w=np.ones(2)), ConfigRecord(), grid))
+        replies = [reply(m, {"v": np.ones(2)}, 1) for m in sent]  # not the global "w"
+        with pytest.raises(AggregationError, match="reply arrays differ"):
+            strategy.aggregate_train(1, replies)
 
 
 def test_feddyn_rejects_nonpositive_alpha() -> None:

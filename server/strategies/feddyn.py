@@ -15,7 +15,7 @@ example-weighted like FedAvg's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO
 
 import numpy as np
@@ -27,11 +27,38 @@ from flwr.supercore import log
 
 from server.strategies.contract import (
     FEDDYN_ALPHA,
+    array_views,
     as_dtype,
     to_arrayrecord,
     to_numpy,
     valid_train_replies,
 )
+
+
+def update_h(
+    h: dict[str, np.ndarray],
+    prev: Mapping[str, np.ndarray],
+    clients: Sequence[Mapping[str, np.ndarray]],
+    alpha: float,
+    available: int,
+    who: str,
+) -> dict[str, np.ndarray]:
+    """FedDyn's server state step, in place: with ``k = len(clients)`` and ``n =
+    max(available, k)``, ``h <- h - alpha * sum_i (theta_i - theta_prev) / n``. Returns
+    the clients' float64 mean per array. Used by FedDyn and by FedGeo's dynamic
+    correction (``who`` names the strategy in the error for mismatched arrays)."""
+    if any(set(arrays) != set(prev) for arrays in clients) or set(h) != set(prev):
+        raise AggregationError(
+            reason=f"{who}: reply arrays differ from the global arrays {sorted(prev)}"
+        )
+    k = len(clients)
+    n = max(available, k)
+    means = {}
+    for key, prev_key in prev.items():
+        total = sum(arrays[key].astype(np.float64) for arrays in clients)
+        h[key] = h[key] - alpha * (total - k * prev_key.astype(np.float64)) / n
+        means[key] = total / k
+    return means
 
 
 class FedDyn(FedAvg):
@@ -99,19 +126,12 @@ class FedDyn(FedAvg):
         if self.current_arrays is None or self.h is None:
             raise AggregationError(reason="FedDyn: configure_train was not called first")
         prev = self.current_arrays
-        if set(valid[0].arrays.keys()) != set(prev) or set(self.h) != set(prev):
-            raise AggregationError(
-                reason=f"FedDyn: reply arrays {sorted(valid[0].arrays.keys())} differ from "
-                f"the global arrays {sorted(prev)}"
-            )
-        k = len(valid)
-        n = max(self.num_available_nodes, k)
-        new_arrays: dict[str, np.ndarray] = {}
-        for key, prev_key in prev.items():
-            prev64 = prev_key.astype(np.float64)
-            total = sum(r.arrays[key].numpy().astype(np.float64) for r in valid)
-            self.h[key] = self.h[key] - self.alpha * (total - k * prev64) / n
-            new_arrays[key] = as_dtype(total / k - self.h[key] / self.alpha, prev_key.dtype)
+        clients = [array_views(r.arrays) for r in valid]
+        means = update_h(self.h, prev, clients, self.alpha, self.num_available_nodes, "FedDyn")
+        new_arrays = {
+            key: as_dtype(means[key] - self.h[key] / self.alpha, prev_key.dtype)
+            for key, prev_key in prev.items()
+        }
         metrics = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
         self.current_arrays = new_arrays
         return to_arrayrecord(new_arrays), metrics

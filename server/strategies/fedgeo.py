@@ -64,6 +64,7 @@ from server.strategies.exclusion import (
     participation_probability,
     sample_participants,
 )
+from server.strategies.feddyn import update_h
 
 WEIGHTINGS = ("examples", "uniform")
 """Names accepted by FedGeo's ``weighting``."""
@@ -336,21 +337,16 @@ class FedGeo(FedAvg):
         ``theta <- aggregated - h / alpha``."""
         if self.current_arrays is None or self.h is None:
             raise AggregationError(reason="FedGeo: configure_train was not called first")
-        prev = self.current_arrays
-        if any(set(arrays) != set(prev) for arrays in client_arrays) or set(self.h) != set(prev):
-            raise AggregationError(
-                reason="FedGeo: reply arrays differ from the global arrays "
-                f"{sorted(prev)} (dynamic correction)"
-            )
-        k = len(client_arrays)
-        n = max(self.num_available_nodes, k)
         alpha = self.dynamic_alpha
-        out = {}
-        for key, prev_key in prev.items():
-            prev64 = prev_key.astype(np.float64)
-            total = sum(arrays[key].astype(np.float64) for arrays in client_arrays)
-            self.h[key] = self.h[key] - alpha * (total - k * prev64) / n
-            out[key] = as_dtype(
-                aggregated[key].astype(np.float64) - self.h[key] / alpha, prev_key.dtype
-            )
-        return out
+        update_h(
+            self.h,
+            self.current_arrays,
+            client_arrays,
+            alpha,
+            self.num_available_nodes,
+            "FedGeo (dynamic correction)",
+        )
+        return {
+            key: as_dtype(aggregated[key].astype(np.float64) - self.h[key] / alpha, prev.dtype)
+            for key, prev in self.current_arrays.items()
+        }
