@@ -89,7 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     dataset, _ = load_dataset(args.data, time_unit="min" if args.data else None)
     config = ModelConfig()
     prior = AdjacencyPrior.from_places(dataset.places, PriorConfig())
-    model, features = build_model(dataset.num_places, len(dataset.users), config, prior, seed=0)
+    model, features = build_model(
+        dataset.num_places,
+        len(dataset.users),
+        config,
+        prior,
+        seed=0,
+        coordinates=dataset.places.coordinates(),
+    )
     index = SampleIndex(dataset.users)
     print(
         f"{dataset.name}: {len(dataset.users)} users, {dataset.num_places} places, "

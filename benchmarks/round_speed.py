@@ -72,7 +72,14 @@ def bare_training_seconds(config: RunConfig, partitions: list[int]) -> float:
     dataset = simulation_dataset(config)
     model_config = config.model
     prior = AdjacencyPrior.from_places(dataset.places, config.prior)
-    template, features = build_model(len(dataset.places), 1, model_config, prior, seed=0)
+    template, features = build_model(
+        len(dataset.places),
+        1,
+        model_config,
+        prior,
+        seed=0,
+        coordinates=dataset.places.coordinates(),
+    )
     train = TrainConfig(
         epochs=int(config["local-epochs"]),
         batch_size=int(config["batch-size"]),

@@ -66,7 +66,13 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     dataset, _ = load_dataset(a.data) if a.data else load_dataset()
-    _, features = build_model(dataset.num_places, 1, ModelConfig().without_prior(), seed=0)
+    _, features = build_model(
+        dataset.num_places,
+        1,
+        ModelConfig().without_prior(),
+        seed=0,
+        coordinates=dataset.places.coordinates(),
+    )
     index = SampleIndex(dataset.users)
 
     def split(name: str, limit: int = 0):

@@ -43,10 +43,20 @@ class TrainConfig:
     checks_per_epoch: int = 1
     """Centralized: validation checks per epoch (each after an equal share of the
     epoch's shuffled samples); the model keeps the parameters of the best check."""
+    place_lr_scale: float = 1.0
+    """Centralized: learning-rate multiplier of the per-place parameters (the place
+    embeddings and biases, :data:`PLACE_PARAMETERS`). In a federation a place's parameters
+    are trained only by the few clients that visit it and then averaged with everyone's
+    unchanged copies, so they move far less per round than the shared gates; a multiplier
+    below 1 gives pooled training the same balance."""
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"
     """Torch device for the model and batches (``cpu``, ``cuda``...)."""
+
+    def __post_init__(self) -> None:
+        if self.place_lr_scale < 0:
+            raise ValueError(f"place_lr_scale must be >= 0, got {self.place_lr_scale!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +108,19 @@ class FitResult:
 
 LossHook = Callable[[nn.Module], torch.Tensor]
 GradHook = Callable[[nn.Module], None]
+
+
+PLACE_PARAMETERS = ("place_embedding.weight", "place_bias")
+"""The per-place parameters of :class:`NextLocationModel` (``TrainConfig.place_lr_scale``)."""
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The model's parameters for the optimizer, the per-place ones at ``cfg.lr`` times
+    ``cfg.place_lr_scale``."""
+    named = list(model.named_parameters())
+    place = [p for name, p in named if name in PLACE_PARAMETERS]
+    rest = [p for name, p in named if name not in PLACE_PARAMETERS]
+    return [{"params": rest}, {"params": place, "lr": cfg.lr * cfg.place_lr_scale}]
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -211,7 +234,7 @@ def fit(
     if len(train_users) == 0:
         raise ValueError("no training samples")
     has_validation = index.samples("validation")[0].size > 0
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = make_optimizer(parameter_groups(model, cfg), cfg)
     checks = cfg.checks_per_epoch
     if checks < 1:
         raise ValueError(f"checks_per_epoch must be >= 1, got {checks}")

@@ -33,6 +33,7 @@ USER = 2
 # The shared score starts random here, as a trained model's is: with the default zero start
 # the personal user vector (an input of the query network) would not move any score yet.
 TINY = ModelConfig(embedding_dim=8, hidden_dim=8, window=5, dropout=0.0, shared_score_init="random")
+"""A tiny model with the default options, history scores included."""
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +205,9 @@ def save_model(agent: AgentFolder, *, server_round: int = 2, run_key: str = "run
     places = read_places_csv(agent.places_path)
     prior_config = PriorConfig(k=4)
     prior = AdjacencyPrior.from_places(places, prior_config)
-    model, _ = build_model(len(places), 1, TINY, prior, seed=1)
+    model, _ = build_model(
+        len(places), 1, TINY, prior, seed=1, coordinates=places.coordinates()
+    )
     meta = model_metadata(
         model_config=TINY.to_dict(),
         prior_config=prior_config.to_dict(),

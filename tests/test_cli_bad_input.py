@@ -363,6 +363,11 @@ BAD_OPTIONS = [
         "integer >= 1",
     ),
     (
+        "centralized-place-lr-scale",
+        ["centralized", "--out", "{out}", "--place-lr-scale", "-0.5"],
+        "number >= 0",
+    ),
+    (
         "centralized-training-memory",
         ["centralized", "--out", "{out}", "--training-memory", "future"],
         "invalid choice",

@@ -259,7 +259,7 @@ def test_scaffold_client_side_picks_the_control_update_from_the_optimizer() -> N
     from fedgeo.training import TrainConfig, train_local
 
     dataset, _ = load_dataset(synthetic=SyntheticConfig(num_users=4, num_places=40, days=10))
-    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, window=4).without_prior()
+    cfg = ModelConfig(embedding_dim=8, hidden_dim=8, window=4, history_scores=False).without_prior()
     controls = {}
     for optimizer, mode in (("adam", "auto"), ("sgd", "auto"), ("adam", "option-ii")):
         model, features = build_model(dataset.num_places, 1, cfg, seed=0)

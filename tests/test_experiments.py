@@ -261,7 +261,14 @@ def test_untrained_reference_is_the_freshly_built_model(tmp_path: Path) -> None:
     rc = RunConfig.from_mapping(run_values(load_config(path), run))
     dataset = simulation_dataset(rc)
     prior = AdjacencyPrior.from_places(dataset.places, rc.prior)
-    model, features = build_model(len(dataset.places), len(dataset.users), rc.model, prior, seed=1)
+    model, features = build_model(
+        len(dataset.places),
+        len(dataset.users),
+        rc.model,
+        prior,
+        seed=1,
+        coordinates=dataset.places.coordinates(),
+    )
     expected = evaluate(model, features, SampleIndex(dataset.users), "test").metrics()
     assert metrics["test"]["acc@1"] == pytest.approx(expected["acc@1"])
     assert metrics["test"]["mrr"] == pytest.approx(expected["mrr"])
@@ -277,7 +284,9 @@ def test_return_score_fit_lowers_the_loss_and_lifts_only_visited_places() -> Non
     from fedgeo.models import ModelConfig, SampleIndex, build_model
 
     dataset, _ = load_dataset(synthetic=SyntheticConfig(num_users=20, num_places=60, days=20))
-    _, features = build_model(dataset.num_places, 1, ModelConfig().without_prior(), seed=0)
+    _, features = build_model(
+        dataset.num_places, 1, ModelConfig(history_scores=False).without_prior(), seed=0
+    )
     index = SampleIndex(dataset.users)
     batch = features.build(index, *index.samples("train"))
     memory, target = batch["memory"], batch["target"]

@@ -184,7 +184,12 @@ def test_federated_test_metrics_are_the_exact_micro_average(runs):
 
         setup_prior = AdjacencyPrior.from_places(dataset.places, config.prior)
     model, features = build_model(
-        dataset.num_places, len(dataset.users), config.model, setup_prior, seed=config.seed
+        dataset.num_places,
+        len(dataset.users),
+        config.model,
+        setup_prior,
+        seed=config.seed,
+        coordinates=dataset.places.coordinates(),
     )
     arrays = final_arrays(values)
     model.load_shared_state({k: torch.from_numpy(v) for k, v in arrays.items()})

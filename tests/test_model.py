@@ -17,7 +17,8 @@ from fedgeo.models.features import (
     window_pointer_features,
 )
 
-SMALL = dict(embedding_dim=8, hidden_dim=16, window=4, dropout=0.0)
+SMALL = dict(embedding_dim=8, hidden_dim=16, window=4, dropout=0.0, history_scores=False)
+"""A tiny model; the history scores (on by default) have their own tests below."""
 
 
 def make_places(n: int = 12, seed: int = 0) -> Places:
@@ -256,6 +257,8 @@ def test_centralized_command_passes_the_model_start_options():
     assert model_config_from_args(parser.parse_args(["--prior-init"])).prior_init
     assert not model_config_from_args(parser.parse_args(["--no-prior-init"])).prior_init
     assert model_config_from_args(parser.parse_args(["--history-scores"])).history_scores
+    assert not model_config_from_args(parser.parse_args(["--no-history-scores"])).history_scores
+    assert not model_config_from_args(parser.parse_args(["--no-personal-memory"])).history_scores
     assert model_config_from_args(parser.parse_args(["--dropout", "0.3"])).dropout == 0.3
 
 
@@ -402,7 +405,7 @@ def test_history_features_count_only_the_past():
     monday_midnight = 1_704_067_200
     user = make_user([0, 1, 0, 2, 0, 1, 3, 4], start=monday_midnight)  # one check-in an hour
     places = make_places()
-    cfg = ModelConfig(**SMALL, prior_propagation=False, prior_score=False, history_scores=True)
+    cfg = ModelConfig(**{**SMALL, "history_scores": True}, prior_propagation=False, prior_score=False)
     fb = FeatureBuilder(12, cfg, coordinates=places.coordinates())
     # Position 6 (06:00, target 3): history 0,1,0,2,0,1 at 00:00..05:00; last two 0, 1.
     history = fb.build(SampleIndex([user]), np.array([0]), np.array([6]))["history"][0].numpy()
@@ -428,7 +431,7 @@ def test_history_scores_start_silent_and_are_shared():
     base = dict(**SMALL, prior_init=False, prior_propagation=False, prior_score=False)
     plain, plain_features = build_model(12, 1, ModelConfig(**base), seed=0)
     model, features = build_model(
-        12, 1, ModelConfig(**base, history_scores=True), seed=0, coordinates=coordinates
+        12, 1, ModelConfig(**{**base, "history_scores": True}), seed=0, coordinates=coordinates
     )
     index = SampleIndex([user])
     batch = features.build(index, np.array([0]), np.array([6]))
@@ -445,9 +448,9 @@ def test_history_scores_start_silent_and_are_shared():
     assert torch.all(moved[0, :3] < 0) and torch.all(moved[0, 3:] == 0)
 
 
-def test_history_scores_need_memory_and_coordinates():
-    with pytest.raises(ValueError, match="model-history-scores"):
-        ModelConfig(history_scores=True, personal_memory=False)
+def test_history_scores_are_on_with_the_memory_and_need_coordinates():
+    assert ModelConfig().history_scores
+    assert not ModelConfig(history_scores=True, personal_memory=False).history_scores
     with pytest.raises(ValueError, match="coordinates"):
-        FeatureBuilder(12, ModelConfig(**SMALL, history_scores=True))
+        FeatureBuilder(12, ModelConfig(**{**SMALL, "history_scores": True}))
     assert ModelConfig.from_dict({}).history_scores is False  # a config stored before them

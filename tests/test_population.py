@@ -150,7 +150,9 @@ def test_the_model_uses_the_population_scores_only_when_switched_on(city):
     samples = SampleIndex(city.users)
     users, positions = samples.samples("train")
     on, off = (
-        ModelConfig(embedding_dim=8, hidden_dim=8, window=4, population_prior=flag).without_prior()
+        ModelConfig(
+            embedding_dim=8, hidden_dim=8, window=4, population_prior=flag, history_scores=False
+        ).without_prior()
         for flag in (True, False)
     )
     model_on, features_on = build_model(4, 3, on, seed=0, population=population)

@@ -16,7 +16,7 @@ from fedgeo.models import ModelConfig, SampleIndex, build_model
 from fedgeo.population import PopulationConfig
 from fedgeo.training import TrainConfig, evaluate, fit, train_local
 
-SMALL = dict(embedding_dim=16, hidden_dim=32, window=8)
+SMALL = dict(embedding_dim=16, hidden_dim=32, window=8, history_scores=False)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,19 @@ def test_training_batches_use_the_training_memory_and_evaluation_the_past(city):
     seen.clear()
     evaluate(model, features, SampleIndex(city.users[:3]), "test")
     assert seen and not any(seen)
+
+
+def test_place_lr_scale_slows_only_the_place_parameters(city):
+    """``place_lr_scale = 0`` trains every parameter but the place embeddings and biases."""
+    model, features = build_model(
+        city.num_places, len(city.users), ModelConfig(**SMALL).without_prior(), None, seed=0
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=128, seed=0, place_lr_scale=0.0)
+    fit(model, features, city.users, cfg, progress=False)
+    after = model.state_dict()
+    for name in ("place_embedding.weight", "place_bias"):
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["gru.weight_ih_l0"], after["gru.weight_ih_l0"])
+    with pytest.raises(ValueError, match="place_lr_scale"):
+        TrainConfig(place_lr_scale=-1.0)

@@ -44,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="validation checks per epoch; the best check's model is kept (default 1)",
     )
+    parser.add_argument(
+        "--place-lr-scale",
+        type=non_negative_float,
+        default=1.0,
+        help="learning-rate multiplier of the place embeddings and biases (default 1;"
+        " docs/model.md, Training)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -105,8 +112,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--history-scores",
-        action="store_true",
-        help="score places by more of the user's own history (history scores, docs/model.md)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score places by more of the user's own history (history scores, docs/model.md;"
+        " default: on with the personal memory)",
     )
     group.add_argument(
         "--population-prior",
@@ -156,6 +165,7 @@ def model_config_from_args(args: argparse.Namespace):
             ("window", args.window),
             ("dropout", args.dropout),
             ("training_memory", args.training_memory),
+            ("history_scores", args.history_scores),
         )
         if value is not None
     }
@@ -166,7 +176,6 @@ def model_config_from_args(args: argparse.Namespace):
         personal_memory=not args.no_personal_memory,
         user_embedding=not args.no_user_embedding,
         population_prior=bool(args.population_prior),
-        history_scores=bool(args.history_scores),
     )
     return cfg.without_prior() if args.no_prior else cfg
 
@@ -190,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         patience=args.patience,
         checks_per_epoch=args.checks_per_epoch,
+        place_lr_scale=args.place_lr_scale,
         seed=args.seed,
     )
     summary = run_centralized(

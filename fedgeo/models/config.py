@@ -110,14 +110,15 @@ class ModelConfig:
     no-memory regime can rank the returns that dominate next-location targets from the
     first round; its gates start at softplus(1)."""
 
-    history_scores: bool = False
+    history_scores: bool = True
     """Add context-gated scores, unconstrained in sign, from more of the user's own
     history (on the device, like the personal memory; :data:`HISTORY_FEATURES
     <fedgeo.models.features.HISTORY_FEATURES>`): visits on the target's weekday and near
     its time of day, hours and check-ins since the latest visit, second-order transitions,
     and the distance from the last place. The gates start at zero, so the untrained model
-    is unchanged; training learns how much each weighs in which context. Needs
-    ``personal_memory`` and the places' coordinates."""
+    is unchanged; training learns how much each weighs in which context. On by default
+    (memory model v5); they read the personal memory, so a model without it
+    (``personal_memory = False``) has none, and they need the places' coordinates."""
 
     def __post_init__(self) -> None:
         if self.architecture not in MODELS:
@@ -145,11 +146,8 @@ class ModelConfig:
                 f"model option dropout (run-config model-dropout) must be in [0, 1), "
                 f"got {self.dropout!r}"
             )
-        if self.history_scores and not self.personal_memory:
-            raise ValueError(
-                "model option history_scores (run-config model-history-scores) needs "
-                "personal_memory (model-personal-memory = true)"
-            )
+        if not self.personal_memory:  # the history scores read the personal memory
+            self.history_scores = False
         if self.training_memory == "leave-one-out" and self.memory_limit > 0:
             raise ValueError(
                 "model option training_memory 'leave-one-out' needs memory_limit 0 (all)"
