@@ -405,7 +405,9 @@ def test_history_features_count_only_the_past():
     monday_midnight = 1_704_067_200
     user = make_user([0, 1, 0, 2, 0, 1, 3, 4], start=monday_midnight)  # one check-in an hour
     places = make_places()
-    cfg = ModelConfig(**{**SMALL, "history_scores": True}, prior_propagation=False, prior_score=False)
+    cfg = ModelConfig(
+        **{**SMALL, "history_scores": True}, prior_propagation=False, prior_score=False
+    )
     fb = FeatureBuilder(12, cfg, coordinates=places.coordinates())
     # Position 6 (06:00, target 3): history 0,1,0,2,0,1 at 00:00..05:00; last two 0, 1.
     history = fb.build(SampleIndex([user]), np.array([0]), np.array([6]))["history"][0].numpy()
