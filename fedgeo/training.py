@@ -21,7 +21,7 @@ from fedgeo.metrics import (
     ranks_from_scores,
 )
 from fedgeo.models.features import FeatureBuilder, SampleIndex
-from fedgeo.models.next_location import NextLocationModel
+from fedgeo.models.next_location import PLACE_PARAMETERS, NextLocationModel
 
 
 @dataclass
@@ -44,11 +44,11 @@ class TrainConfig:
     """Centralized: validation checks per epoch (each after an equal share of the
     epoch's shuffled samples); the model keeps the parameters of the best check."""
     place_lr_scale: float = 1.0
-    """Centralized: learning-rate multiplier of the per-place parameters (the place
-    embeddings and biases, :data:`PLACE_PARAMETERS`). In a federation a place's parameters
-    are trained only by the few clients that visit it and then averaged with everyone's
-    unchanged copies, so they move far less per round than the shared gates; a multiplier
-    below 1 gives pooled training the same balance."""
+    """Centralized: learning-rate multiplier of the per-place parameters, the place
+    embeddings and biases (:data:`~fedgeo.models.next_location.PLACE_PARAMETERS`). In a
+    federation a place's parameters are trained only by the few clients that visit it and
+    then averaged with everyone's unchanged copies, so they move far less per round than
+    the shared gates; a multiplier below 1 gives pooled training the same balance."""
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"
@@ -108,10 +108,6 @@ class FitResult:
 
 LossHook = Callable[[nn.Module], torch.Tensor]
 GradHook = Callable[[nn.Module], None]
-
-
-PLACE_PARAMETERS = ("place_embedding.weight", "place_bias")
-"""The per-place parameters of :class:`NextLocationModel` (``TrainConfig.place_lr_scale``)."""
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -39,6 +39,8 @@ from fedgeo.models.features import (
 )
 
 PERSONAL_PREFIXES = ("user_embedding.",)
+PLACE_PARAMETERS = ("place_embedding.weight", "place_bias")
+"""The per-place parameters: one row or entry per place (``TrainConfig.place_lr_scale``)."""
 
 
 class NextLocationModel(nn.Module):
