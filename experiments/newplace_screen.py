@@ -1,8 +1,8 @@
-"""How well can new places be ranked from public coordinates and population popularity?
+"""How well can new places be ranked from public coordinates and population counts?
 
 A new-place target is a place its user had not visited before (docs/metrics.md); it is
-ranked among the places the user had not visited. This screen scores every such place by
-a gravity model, with no network:
+ranked among the places the user had not visited. This screen scores every such place
+with no network, first by a gravity model:
 
 ``s_l = a log(1 + visitors_l) + c log(1 + checkins_l) - b1 log(d(last, l) + eps)
 - b2 log(d(centroid, l) + eps)``
@@ -13,7 +13,12 @@ user; the check-ins would take one more such sum),
 ``d(last, l)`` is the great-circle distance from the user's last place, and
 ``d(centroid, l)`` the distance from the centre of the places the user had visited. The
 weights are chosen on the training split's new-place samples (a grid, best new-place
-Acc@10) and ranked on validation (test only with ``--test``). One JSON line per ranking::
+Acc@10) and ranked on validation (test only with ``--test``).
+
+Then by a conditional logit over per-place features of what the **other** users did
+(:data:`FEATURES`: co-visitors of the user's places, transitions from the last place,
+visitors) and the distances, its weights fitted by maximum likelihood on the same
+training samples. One JSON line per ranking::
 
     python experiments/newplace_screen.py --data ../shared/data/foursquare-nyc/checkins.csv
 """
@@ -28,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
+import torch
 from sklearn.metrics.pairwise import haversine_distances
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +53,31 @@ GRID = {
 """Weights searched on the training split (distances in km)."""
 
 
+FEATURES = (
+    "co-visitors",
+    "co-visitors of the last place",
+    "transitions from the last place",
+    "visitors",
+    "-log km from the last place",
+    "-log km from the centre",
+    "-km from the last place",
+)
+"""Per-place features of the conditional logit. Counts are of the other users' training
+prefixes (the sample's own user taken out), each user counted once per place or pair:
+``co-visitors`` is ``log(1 + mean over the user's visited places v of C[v, l])`` with
+``C[v, l]`` the users who visited both ``v`` and ``l``; the next two are
+``log(1 + C[last, l])`` and ``log(1 + T[last, l])`` with ``T`` the users who moved from
+``last`` to ``l``; ``visitors`` is ``log(1 + V[l])``."""
+
+FEATURE_SETS = {
+    "distance from the last place": ("-log km from the last place",),
+    "distance + co-visitors": ("-log km from the last place", "co-visitors"),
+    "distance + transitions": ("-log km from the last place", "transitions from the last place"),
+    "all features": FEATURES,
+}
+"""The conditional logits fitted and ranked, by name."""
+
+
 @dataclass(frozen=True)
 class NewPlaceSamples:
     """The new-place samples of one split, with their per-place distance features."""
@@ -58,6 +90,10 @@ class NewPlaceSamples:
     """``(n, L)`` bool: places the user had visited before the sample (not ranked)."""
     target: np.ndarray
     """``(n,)`` the target place of each sample."""
+    user: np.ndarray
+    """``(n,)`` the index of each sample's user in the data set."""
+    position: np.ndarray
+    """``(n,)`` the target's position in its user's trajectory."""
 
 
 def training_popularity(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +140,8 @@ def new_place_samples(
         d_centroid=haversine_distances(centroid, coords) * EARTH_RADIUS_KM,
         visited=visited,
         target=target,
+        user=np.array([u for u, _ in picks], dtype=np.int64),
+        position=np.array([p for _, p in picks], dtype=np.int64),
     )
 
 
@@ -158,6 +196,113 @@ def fit_weights(
     return best
 
 
+@dataclass(frozen=True)
+class PopulationCounts:
+    """Who visited what in every user's training prefix, each user counted once."""
+
+    member: sp.csr_matrix
+    """``(users, L)`` 1 where the user's training prefix holds the place."""
+    moves: list[np.ndarray]
+    """Per user, its distinct moves ``i -> j`` as ``(k, 2)`` rows."""
+    co_visitors: sp.csr_matrix
+    """``(L, L)`` users who visited both places (zero diagonal)."""
+    transitions: sp.csr_matrix
+    """``(L, L)`` users who moved from ``i`` to ``j``."""
+    visitors: np.ndarray
+    """``(L,)`` users who visited the place."""
+
+
+def population_counts(dataset: Dataset) -> PopulationCounts:
+    """Co-visitor, transition and visitor counts of every user's training prefix."""
+    num_places, num_users = dataset.num_places, len(dataset.users)
+    rows, cols, moves = [np.empty(0, np.int64)], [np.empty(0, np.int64)], []
+    for u, user in enumerate(dataset.users):
+        prefix = user.places[: int(user.train.max()) + 1] if len(user.train) else user.places[:0]
+        places = np.unique(prefix)
+        rows.append(np.full(len(places), u))
+        cols.append(places)
+        moves.append(np.unique(np.stack([prefix[:-1], prefix[1:]], 1), axis=0))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    member = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(num_users, num_places))
+    co_visitors = (member.T @ member).tolil()
+    co_visitors.setdiag(0)
+    every_move = np.concatenate(moves) if moves else np.empty((0, 2), np.int64)
+    transitions = sp.csr_matrix(
+        (np.ones(len(every_move)), (every_move[:, 0], every_move[:, 1])),
+        shape=(num_places, num_places),
+    )
+    return PopulationCounts(
+        member=member,
+        moves=moves,
+        co_visitors=co_visitors.tocsr(),
+        transitions=transitions,
+        visitors=np.asarray(member.sum(0)).ravel(),
+    )
+
+
+def ranking_features(
+    samples: NewPlaceSamples, dataset: Dataset, counts: PopulationCounts
+) -> np.ndarray:
+    """``(n, L, len(FEATURES))`` features of every place for every sample, from the
+    other users' counts (the sample's user's own contribution subtracted)."""
+    out = np.empty((len(samples.target), dataset.num_places, len(FEATURES)), dtype=np.float32)
+    for i, (u, p) in enumerate(zip(samples.user, samples.position, strict=True)):
+        seen, last = np.flatnonzero(samples.visited[i]), int(dataset.users[u].places[p - 1])
+        own = counts.member[u].toarray().ravel()
+        own_moves = np.zeros(dataset.num_places)
+        user_moves = counts.moves[u]
+        own_moves[user_moves[user_moves[:, 0] == last, 1]] = 1
+        in_seen = np.zeros(dataset.num_places)
+        in_seen[seen] = 1
+        # the user's own pairs (v, l), v among its places before the sample, v != l
+        own_pairs = own * (own[seen].sum() - own * in_seen) / len(seen)
+        co = np.asarray(counts.co_visitors[seen].mean(0)).ravel() - own_pairs
+        co_last = counts.co_visitors[last].toarray().ravel() - own * own[last]
+        moved = counts.transitions[last].toarray().ravel() - own_moves
+        visitors = counts.visitors - own
+        out[i, :, 0] = np.log1p(np.maximum(co, 0))
+        out[i, :, 1] = np.log1p(np.maximum(co_last, 0))
+        out[i, :, 2] = np.log1p(np.maximum(moved, 0))
+        out[i, :, 3] = np.log1p(np.maximum(visitors, 0))
+        out[i, :, 4] = -np.log(samples.d_last[i] + 0.05)
+        out[i, :, 5] = -np.log(samples.d_centroid[i] + 0.05)
+        out[i, :, 6] = -samples.d_last[i]
+    return out
+
+
+def fit_conditional_logit(
+    features: np.ndarray, samples: NewPlaceSamples, columns: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights of ``columns`` (others 0) maximizing the likelihood of each sample's
+    target among its unvisited places; features standardized by the fitted samples'
+    mean and std. Returns ``(weights, mean, std)``."""
+    x = torch.from_numpy(features)
+    flat = x.reshape(-1, x.shape[-1])
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    mask = torch.tensor([name in columns for name in FEATURES], dtype=torch.float32)
+    weights = torch.zeros(len(FEATURES), requires_grad=True)
+    visited, target = torch.from_numpy(samples.visited), torch.from_numpy(samples.target)
+    optimizer = torch.optim.LBFGS([weights], max_iter=100)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        scores = (x @ (weights * mask)).masked_fill(visited, -1e9)
+        loss = torch.nn.functional.cross_entropy(scores, target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return (weights * mask).detach().numpy(), mean.numpy(), std.numpy()
+
+
+def logit_scores(
+    features: np.ndarray, weights: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """``(n, L)`` scores of a fitted conditional logit."""
+    return ((features - mean) / std) @ weights
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="check-in CSV (default: the synthetic city)")
@@ -180,6 +325,20 @@ def main(argv: list[str] | None = None) -> None:
         record: dict = {"ranking": name, "weights": weights}
         for split, samples in [("train", train), *evaluated.items()]:
             scores = gravity_scores(samples, visitors, checkins, **weights)
+            record[split] = new_place_metrics(scores, samples)
+        print(json.dumps(record), flush=True)
+    torch.manual_seed(a.seed)
+    counts = population_counts(dataset)
+    features = {"train": ranking_features(train, dataset, counts)}
+    features.update({s: ranking_features(evaluated[s], dataset, counts) for s in splits})
+    for name, columns in FEATURE_SETS.items():
+        weights, mean, std = fit_conditional_logit(features["train"], train, columns)
+        record = {
+            "ranking": f"conditional logit: {name}",
+            "weights": {f: round(float(w), 3) for f, w in zip(FEATURES, weights, strict=True) if w},
+        }
+        for split, samples in [("train", train), *evaluated.items()]:
+            scores = logit_scores(features[split], weights, mean, std)
             record[split] = new_place_metrics(scores, samples)
         print(json.dumps(record), flush=True)
 

@@ -482,3 +482,71 @@ def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_
     assert metrics["new-acc@1"] == 0.5
     assert metrics["new-mrr"] == pytest.approx((1 + 1 / 3) / 2)
     assert metrics["samples"] == 2
+
+
+def test_newplace_screen_population_features_count_only_the_other_users() -> None:
+    """The conditional logit's features count the other users' training prefixes: the
+    sample's own user is taken out of co-visitors, transitions and visitors."""
+    from experiments.newplace_screen import (
+        FEATURES,
+        new_place_samples,
+        population_counts,
+        ranking_features,
+    )
+    from fedgeo.data.dataset import Dataset, Places
+
+    places = Places(ids=np.arange(6), latitude=np.zeros(6), longitude=np.arange(6) * 0.01)
+    users = [
+        hand_made_user([0, 1, 2, 0, 3], [1, 2], [3, 4]),  # prefix 0 1 2; target 3 after 0
+        hand_made_user([1, 0, 4], [1], [2]),  # prefix 1 0
+        hand_made_user([0, 3, 5], [1, 2], []),  # prefix 0 3 5
+    ]
+    dataset = Dataset(places, users)
+    counts = population_counts(dataset)
+    np.testing.assert_array_equal(counts.visitors, [3, 2, 1, 1, 0, 1])
+    np.testing.assert_array_equal(counts.co_visitors[0].toarray().ravel(), [0, 2, 1, 1, 0, 1])
+    np.testing.assert_array_equal(counts.transitions[0].toarray().ravel(), [0, 1, 0, 1, 0, 0])
+
+    samples = new_place_samples(dataset, "validation")
+    np.testing.assert_array_equal(samples.user, [0, 1])
+    features = ranking_features(samples, dataset, counts)
+    column = {name: i for i, name in enumerate(FEATURES)}
+    first = features[0]  # user 0, last place 0
+    # co-visitors of 0 among the others (users 1 and 2): 1 -> 1, 3 -> 1, 5 -> 1, 2 -> 0
+    np.testing.assert_allclose(
+        first[:, column["co-visitors of the last place"]], np.log1p([0, 1, 0, 1, 0, 1])
+    )
+    # user 0's own move 0 -> 1 is taken out; user 2's 0 -> 3 stays
+    np.testing.assert_allclose(
+        first[:, column["transitions from the last place"]], np.log1p([0, 0, 0, 1, 0, 0])
+    )
+    np.testing.assert_allclose(first[:, column["visitors"]], np.log1p([2, 1, 0, 1, 0, 1]))
+    # mean over user 0's places 0, 1, 2 of the others' co-visitors
+    others = np.array([[0, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    np.testing.assert_allclose(first[:, column["co-visitors"]], np.log1p(others.mean(0)), rtol=1e-6)
+
+
+def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets() -> None:
+    """Fitted by maximum likelihood over the unvisited places, the logit puts a positive
+    weight on a feature that marks each target and then ranks the targets first."""
+    from experiments.newplace_screen import (
+        FEATURES,
+        NewPlaceSamples,
+        fit_conditional_logit,
+        logit_scores,
+        new_place_metrics,
+    )
+
+    rng = np.random.default_rng(0)
+    n, num_places = 40, 8
+    target = rng.integers(1, num_places, n)
+    visited = np.zeros((n, num_places), dtype=bool)
+    visited[:, 0] = True
+    features = rng.normal(size=(n, num_places, len(FEATURES))).astype(np.float32)
+    features[np.arange(n), target, 0] += 5.0
+    zeros = np.zeros((n, num_places))
+    samples = NewPlaceSamples(zeros, zeros, visited, target, np.zeros(n, int), np.ones(n, int))
+    weights, mean, std = fit_conditional_logit(features, samples, (FEATURES[0],))
+    assert weights[0] > 0 and not weights[1:].any()
+    metrics = new_place_metrics(logit_scores(features, weights, mean, std), samples)
+    assert metrics["new-acc@1"] > 0.9
