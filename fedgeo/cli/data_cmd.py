@@ -1,4 +1,5 @@
-"""``fedgeo data inspect``: what a check-in file holds, as the readers see it."""
+"""``fedgeo data inspect``: what a check-in file holds, as the readers see it;
+``fedgeo data sparsify``: a sparse-history copy of it (a few days of each user)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from fedgeo.cli.common import add_format_arguments, read_from_args
+from fedgeo.cli.errors import UsageError
 from fedgeo.data.readers import ReadResult
+from fedgeo.data.sparsify import sparse_days
 from fedgeo.data.stats import normalized_entropy, radius_of_gyration_km
 
 
@@ -35,6 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_format_arguments(inspect)
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(func=run_inspect)
+    sparsify = actions.add_parser(
+        "sparsify",
+        help="write a sparse-history copy: every check-in of a few days of each user",
+        description="Keep, for each user, every check-in of a few of its days (how many: "
+        "log-normal with the given median; which: at random) and write the kept check-ins "
+        "as a headed CSV that --format csv reads back. Use it to test a model on sparse "
+        "histories of real movements.",
+    )
+    sparsify.add_argument(
+        "data", metavar="PATH", help="check-in file, optionally gzip-compressed ('-' = stdin)"
+    )
+    sparsify.add_argument("out", metavar="OUT", help="CSV file to write")
+    add_format_arguments(sparsify)
+    sparsify.add_argument(
+        "--median-days", type=float, default=3.0, help="median days kept per user (default 3)"
+    )
+    sparsify.add_argument(
+        "--sigma",
+        type=float,
+        default=1.0,
+        help="spread of the log-normal number of days; 0 keeps the median for everyone (default 1)",
+    )
+    sparsify.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sparsify.set_defaults(func=run_sparsify)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -45,6 +72,33 @@ def run_inspect(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 0
+
+
+def run_sparsify(args: argparse.Namespace) -> int:
+    result = read_from_args(args)
+    try:
+        kept = sparse_days(
+            result.table, median_days=args.median_days, sigma=args.sigma, seed=args.seed
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    write_checkins_csv(kept, args.out, relative_time=result.relative_time)
+    print(
+        f"fedgeo: kept {len(kept)} of {len(result.table)} check-ins of "
+        f"{kept['user_id'].nunique()} users "
+        f"(median {int(np.median(kept.groupby('user_id').size()))} a user) -> {args.out}"
+    )
+    return 0
+
+
+def write_checkins_csv(table: pd.DataFrame, path: str, relative_time: bool) -> None:
+    """Write a canonical check-in table as a headed CSV that ``--format csv`` reads back
+    to the same table: times as ``seconds`` (since the file's own origin) when they are
+    relative, else as ``timestamp`` (UTC epoch seconds)."""
+    time_name = "seconds" if relative_time else "timestamp"
+    columns = ["user_id", "location_id", "latitude", "longitude", "timestamp"]
+    columns += [c for c in ("tz_offset_min", "category") if c in table.columns]
+    table[columns].rename(columns={"timestamp": time_name}).to_csv(path, index=False)
 
 
 def _describe(values: np.ndarray) -> dict[str, float | None]:
