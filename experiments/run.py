@@ -19,6 +19,11 @@ finished runs::
 
     python -m experiments.run experiments/configs/nyc_main.toml --only fedgeo \
         --set model-prior-init=true --out runs/prior-init
+
+``--data PATH`` runs the config on another check-in file, again into its own ``--out``::
+
+    python -m experiments.run experiments/configs/nyc_sparse.toml \
+        --data runs/data/nyc-sparse-draw1.csv --out runs/experiments-draw1
 """
 
 from __future__ import annotations
@@ -247,6 +252,13 @@ def with_settings(config: ExperimentConfig, settings: dict[str, Any]) -> Experim
     )
 
 
+def with_data(config: ExperimentConfig, data: Path | None) -> ExperimentConfig:
+    """``config`` run on the check-in file ``data`` (named in its title), if given."""
+    if data is None:
+        return config
+    return dataclasses.replace(config, data=data, title=f"{config.title} (on {data})")
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__.split("\n\n")[0]
@@ -284,6 +296,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a run-config key for every run, as if in the config's [run] (needs --out)",
     )
+    ap.add_argument(
+        "--data",
+        type=Path,
+        metavar="PATH",
+        help="run the config on this check-in file instead of its own (needs --out)",
+    )
     return ap.parse_args(argv)
 
 
@@ -293,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = parse_settings(args.set)
         if settings and args.out is None:
             raise ValueError("--set needs --out: its runs must not mix with the config's own")
-        config = with_settings(load_config(args.config), settings)
+        if args.data is not None and args.out is None:
+            raise ValueError("--data needs --out: its runs must not mix with the config's own")
+        config = with_data(with_settings(load_config(args.config), settings), args.data)
         methods = args.only.split(",") if args.only else None
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         out = args.out if args.out is not None else ROOT / "runs" / "experiments"

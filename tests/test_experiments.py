@@ -392,6 +392,19 @@ def test_set_changes_a_key_for_every_run_below_the_methods_own(
     assert run_values(prior_on, run)["model-prior-init"] is False  # the method's own
 
 
+def test_data_option_runs_the_config_on_another_file(small_config: Path, tmp_path: Path) -> None:
+    """``--data`` replaces the config's check-in file for every run and names it in the
+    title; without it the config is unchanged."""
+    from experiments.run import with_data
+
+    config = load_config(small_config)
+    assert with_data(config, None) is config
+    other = with_data(config, tmp_path / "sparse.csv")
+    assert other.title.endswith(f"(on {tmp_path / 'sparse.csv'})")
+    run = plan(other, tmp_path, methods=["fedavg"], seeds=[0])[0]
+    assert run_values(other, run)["data-path"] == str(tmp_path / "sparse.csv")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -399,6 +412,8 @@ def test_set_changes_a_key_for_every_run_below_the_methods_own(
         (["--set", "no-such-key=1", "--out", "OUT"], "unknown run-config key(s): no-such-key"),
         (["--set", "num-rounds=x", "--out", "OUT"], "'num-rounds': expected int"),
         (["--set", "num-rounds=3"], "--set needs --out"),
+        (["--data", "other.csv"], "--data needs --out"),
+        (["--data", "OUT/missing.csv", "--out", "OUT"], "missing.csv: data file not found"),
     ],
 )
 def test_bad_set_exits_2_naming_it(
