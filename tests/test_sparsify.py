@@ -78,4 +78,6 @@ def test_sparsify_command_rejects_a_bad_setting_in_one_line(tmp_path, capsys) ->
     assert (
         main(["data", "sparsify", str(source), str(tmp_path / "o.csv"), "--median-days", "0"]) == 2
     )
-    assert "median days must be positive" in capsys.readouterr().err
+    assert "--median-days: expected a number > 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sigma must be non-negative"):
+        sparse_days(dense_table(), sigma=-1.0)

@@ -10,8 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedgeo.cli.common import add_format_arguments, read_from_args
-from fedgeo.cli.errors import UsageError
+from fedgeo.cli.common import (
+    add_format_arguments,
+    non_negative_float,
+    positive_float,
+    read_from_args,
+)
 from fedgeo.data.readers import ReadResult
 from fedgeo.data.sparsify import sparse_days
 from fedgeo.data.stats import normalized_entropy, radius_of_gyration_km
@@ -52,11 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sparsify.add_argument("out", metavar="OUT", help="CSV file to write")
     add_format_arguments(sparsify)
     sparsify.add_argument(
-        "--median-days", type=float, default=3.0, help="median days kept per user (default 3)"
+        "--median-days",
+        type=positive_float,
+        default=3.0,
+        help="median days kept per user (default 3)",
     )
     sparsify.add_argument(
         "--sigma",
-        type=float,
+        type=non_negative_float,
         default=1.0,
         help="spread of the log-normal number of days; 0 keeps the median for everyone (default 1)",
     )
@@ -76,12 +83,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_sparsify(args: argparse.Namespace) -> int:
     result = read_from_args(args)
-    try:
-        kept = sparse_days(
-            result.table, median_days=args.median_days, sigma=args.sigma, seed=args.seed
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    kept = sparse_days(result.table, median_days=args.median_days, sigma=args.sigma, seed=args.seed)
     write_checkins_csv(kept, args.out, relative_time=result.relative_time)
     print(
         f"fedgeo: kept {len(kept)} of {len(result.table)} check-ins of "
