@@ -81,3 +81,11 @@ def test_sparsify_command_rejects_a_bad_setting_in_one_line(tmp_path, capsys) ->
     assert "--median-days: expected a number > 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="sigma must be non-negative"):
         sparse_days(dense_table(), sigma=-1.0)
+
+
+def test_sparsify_command_names_an_output_folder_that_does_not_exist(tmp_path, capsys) -> None:
+    source = tmp_path / "dense.csv"
+    dense_table().to_csv(source, index=False)
+    out = tmp_path / "no-such-folder" / "sparse.csv"
+    assert main(["data", "sparsify", str(source), str(out)]) == 2
+    assert f"{out}: its folder {out.parent} does not exist" in capsys.readouterr().err

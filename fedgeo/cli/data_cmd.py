@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,11 @@ from fedgeo.cli.common import (
     positive_float,
     read_from_args,
 )
+from fedgeo.cli.errors import UsageError
 from fedgeo.data.readers import ReadResult
 from fedgeo.data.sparsify import sparse_days
 from fedgeo.data.stats import normalized_entropy, radius_of_gyration_km
+from fedgeo.data.table import write_checkins_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +85,9 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_sparsify(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: its folder {out.parent} does not exist")
     result = read_from_args(args)
     kept = sparse_days(result.table, median_days=args.median_days, sigma=args.sigma, seed=args.seed)
     write_checkins_csv(kept, args.out, relative_time=result.relative_time)
@@ -91,16 +97,6 @@ def run_sparsify(args: argparse.Namespace) -> int:
         f"(median {int(np.median(kept.groupby('user_id').size()))} a user) -> {args.out}"
     )
     return 0
-
-
-def write_checkins_csv(table: pd.DataFrame, path: str, relative_time: bool) -> None:
-    """Write a canonical check-in table as a headed CSV that ``--format csv`` reads back
-    to the same table: times as ``seconds`` (since the file's own origin) when they are
-    relative, else as ``timestamp`` (UTC epoch seconds)."""
-    time_name = "seconds" if relative_time else "timestamp"
-    columns = ["user_id", "location_id", "latitude", "longitude", "timestamp"]
-    columns += [c for c in ("tz_offset_min", "category") if c in table.columns]
-    table[columns].rename(columns={"timestamp": time_name}).to_csv(path, index=False)
 
 
 def _describe(values: np.ndarray) -> dict[str, float | None]:

@@ -20,6 +20,8 @@ Rows are in input order; readers never sort (preprocessing does).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -64,3 +66,13 @@ def empty_table() -> pd.DataFrame:
             "timestamp": pd.Series([], dtype=np.int64),
         }
     )
+
+
+def write_checkins_csv(table: pd.DataFrame, path: str | Path, relative_time: bool) -> None:
+    """Write a canonical check-in table as a headed CSV that ``--format csv`` reads back
+    to the same table: times as ``seconds`` (since the file's own origin) when they are
+    relative, else as ``timestamp`` (UTC epoch seconds)."""
+    time_name = "seconds" if relative_time else "timestamp"
+    columns = ["user_id", "location_id", "latitude", "longitude", "timestamp"]
+    columns += [c for c in ("tz_offset_min", "category") if c in table.columns]
+    table[columns].rename(columns={"timestamp": time_name}).to_csv(path, index=False)
