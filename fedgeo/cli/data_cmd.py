@@ -21,7 +21,7 @@ from fedgeo.cli.errors import UsageError
 from fedgeo.data.readers import ReadResult
 from fedgeo.data.sparsify import sparse_days
 from fedgeo.data.stats import normalized_entropy, radius_of_gyration_km
-from fedgeo.data.table import write_checkins_csv
+from fedgeo.data.table import SECONDS_PER_DAY, write_checkins_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -163,7 +163,7 @@ def summarize(result: ReadResult) -> dict[str, Any]:
         "time": {
             "first": _iso(first),
             "last": _iso(last),
-            "span_days": (last - first) / 86400.0,
+            "span_days": (last - first) / SECONDS_PER_DAY,
             "relative": result.relative_time,
         },
         "per_user": {name: _describe(values) for name, values in per_user.items()},

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SECONDS_PER_DAY = 86_400
+from fedgeo.data.table import SECONDS_PER_DAY
 
 
 def days_kept(

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fedgeo.data.stats import EARTH_RADIUS_KM
+from fedgeo.data.table import SECONDS_PER_DAY
 
 KM_PER_DEG_LAT = np.pi * EARTH_RADIUS_KM / 180.0
 START_TIMESTAMP = 1704067200
@@ -259,7 +260,7 @@ def _extreme_user(config, rng, home, work, lunch_w, active_p):
         hours = _day_times(rng, [(m, s) for _, m, s in stops])
         for (place, _, _), h in zip(stops, hours, strict=True):
             p_out.append(place)
-            t_out.append(int(day * 86400 + round(h * 3600)))
+            t_out.append(int(day * SECONDS_PER_DAY + round(h * 3600)))
     return p_out, t_out
 
 
@@ -303,5 +304,5 @@ def _regular_user(config, rng, home, work, lunch_w, explore_w, active_p):
                 place = walker.free_stop(current, config.rho, config.gamma)
             current = int(place)
             p_out.append(current)
-            t_out.append(int(day * 86400 + round(h * 3600)))
+            t_out.append(int(day * SECONDS_PER_DAY + round(h * 3600)))
     return p_out, t_out

@@ -27,6 +27,9 @@ import pandas as pd
 
 from fedgeo.data.errors import DataError
 
+SECONDS_PER_DAY = 86_400
+"""A day of ``timestamp`` seconds."""
+
 REQUIRED_COLUMNS = ("user_id", "location_id", "latitude", "longitude", "timestamp")
 OPTIONAL_COLUMNS = ("tz_offset_min", "category")
 
