@@ -171,6 +171,7 @@ def run_reference(config: ExperimentConfig, run: PlannedRun) -> dict[str, Any]:
             grad_clip=float(rc["grad-clip"]),
             patience=int(options.get("patience", 3)),
             place_lr_scale=float(options.get("place-lr-scale", 1.0)),
+            validate_start=rc.keep_best_model,
             seed=run.seed,
         )
         return run_centralized(

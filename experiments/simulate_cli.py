@@ -72,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stop after N validations in a row without a better validation MRR "
         "(default: run every round)",
     )
+    parser.add_argument(
+        "--keep-best-model",
+        action="store_true",
+        default=None,
+        help="validate the starting model too and test the model of the best validation MRR "
+        "(run-config keep-best-model)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
     parser.add_argument(
@@ -121,6 +128,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "eval-every": args.eval_every,
         "test-every": args.test_every,
         "early-stop-patience": args.early_stop_patience,
+        "keep-best-model": args.keep_best_model,
         "data-path": str(args.data) if args.data else None,
         "data-format": args.format,
     }

@@ -49,6 +49,10 @@ class TrainConfig:
     federation a place's parameters are trained only by the few clients that visit it and
     then averaged with everyone's unchanged copies, so they move far less per round than
     the shared gates; a multiplier below 1 gives pooled training the same balance."""
+    validate_start: bool = False
+    """Centralized: the starting parameters are a candidate too. They are validated before
+    the first epoch, and the model keeps them when no check beats them (the untrained
+    model, when training only costs accuracy on held-out users' days)."""
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"
@@ -237,6 +241,16 @@ def fit(
     best_score, best_epoch, best_state, stale = -1.0, 0.0, None, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
+    if cfg.validate_start and has_validation:
+        val = evaluate(model, features, index, "validation", cfg.eval_batch_size, cfg.device)
+        record = {
+            "epoch": 0.0,
+            **{f"val_{k}": v for k, v in val.metrics().items() if k != "samples"},
+        }
+        history.append(record)
+        if log is not None:
+            log(_format_record(record))
+        best_score, best_state = record["val_mrr"], copy.deepcopy(model.state_dict())
     bar = _progress(cfg.epochs, progress)
     epochs_run, stop = 0, False
     for epoch in range(1, cfg.epochs + 1):

@@ -3,7 +3,8 @@
 A checkpoint (``<out-dir>/checkpoint.pkl``) holds everything the server needs to
 continue a run after its last completed round: the global arrays, the strategy's state
 (:func:`server.strategies.strategy_state`), the random number generator states, the
-results so far and the flat run config. It is a pickle: only load your own
+results so far, the flat run config and, with ``keep-best-model``, the best validated
+arrays. It is a pickle: only load your own
 checkpoints. Files are written to a temporary file in the same folder, flushed to disk
 and renamed over the old one (``os.replace``), so a crash never leaves half a file.
 """
@@ -38,6 +39,8 @@ class Checkpoint:
     results: dict[str, Any]
     config: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
+    best_arrays: dict[str, np.ndarray] | None = None
+    """With ``keep-best-model``: the global arrays of the best validation so far."""
 
 
 def rng_states() -> dict[str, Any]:

@@ -71,6 +71,7 @@ GENERAL: dict[str, Scalar] = {
     "eval-every": 1,
     "test-every": 0,
     "early-stop-patience": 0,
+    "keep-best-model": False,
     "seed": 0,
     "out-dir": "outputs/fedgeo",
     "resume": False,

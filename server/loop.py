@@ -23,6 +23,9 @@ time rounds:
    ``early-stop-patience`` = N, training stops after N validations in a row without a
    better validation MRR (:func:`early_stop`).
 3. *End.* Every node evaluates the final model on its test samples; ``results.json``.
+   With ``keep-best-model``, the starting model is validated before round 1 (as round 0),
+   every check validates the same clients, and the final model is the global model of
+   the best validation MRR, not the last one (:func:`best_model`).
 
 A client whose data is too small to train replies with an error of code
 :data:`~fedgeo.data.errors.TOO_LITTLE_DATA_CODE`. It is no failure: such replies are
@@ -455,6 +458,20 @@ def early_stop(
     return state
 
 
+def best_model(
+    state: Mapping[str, Any] | None, server_round: int, validation: Mapping[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """The model-selection record after a validation in ``server_round``, and whether
+    this round's model is the new best (a validation MRR above every earlier one; the
+    earlier round wins a tie)."""
+    state = dict(state or {"metric": "mrr", "best": None, "round": None})
+    value = float(validation["mrr"])
+    improved = state["best"] is None or value > state["best"]
+    if improved:
+        state.update(best=value, round=server_round)
+    return state, improved
+
+
 def _pause(results: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Yield ``results`` once; return the seconds spent suspended."""
     t0 = time.perf_counter()
@@ -509,7 +526,9 @@ class Federation:
         self.population: ArrayRecord | None = None
         """The population prior sent with every train and evaluate instruction."""
         self.final_arrays: dict[str, np.ndarray] | None = None
-        """The global arrays at the end of :meth:`run`."""
+        """The global arrays at the end of :meth:`run` (the tested ones)."""
+        self.best_arrays: dict[str, np.ndarray] | None = None
+        """With ``keep-best-model``: the global arrays of the best validation so far."""
         self.test_failures = 0
         if hasattr(self.base, "evaluate_metrics_aggr_fn"):
             self.base.evaluate_metrics_aggr_fn = micro_average
@@ -559,6 +578,8 @@ class Federation:
         results["privacy"] = self.privacy.summary()
         if self.setup.population_index is not None and start > 1:
             self._load_population(view, start, results)
+        if cfg.keep_best_model and start == 1:
+            self._validate_start(view, arrays, results)
         paused = yield from _pause(results)
         last_round = start - 1
         stopped = bool(results.get("early_stop", {}).get("stopped_at"))
@@ -572,6 +593,8 @@ class Federation:
             if record.get("evaluate"):
                 results["evaluation"].append({"round": server_round, **record["evaluate"]})
                 results["validation"] = record["evaluate"]
+                if cfg.keep_best_model:
+                    self._select(server_round, record["evaluate"], arrays, results)
                 if cfg.early_stop_patience:
                     results["early_stop"] = early_stop(
                         results.get("early_stop"),
@@ -597,6 +620,7 @@ class Federation:
                     results=results,
                     config=dict(cfg.values),
                     rng=rng_states(),
+                    best_arrays=self.best_arrays,
                 ),
             )
             write_results(out_dir, results)
@@ -611,9 +635,18 @@ class Federation:
                 results["early_stop"]["best_round"],
             )
         t0 = time.perf_counter()
-        results["test"] = self._final_test(view, arrays, last_round)
+        tested_round, last_arrays = last_round, arrays
+        if cfg.keep_best_model and self.best_arrays is not None:
+            arrays = to_arrayrecord(self.best_arrays)
+            tested_round = int(results["best_model"]["round"])
+            logger.info("%s: testing the model of round %d", out_dir, tested_round)
+        last = None  # the curve's last point is the last model's
+        if cfg.test_every and tested_round != last_round:
+            last = self._test_every_node(view, last_round, last_arrays)
+        results["tested_round"] = tested_round
+        results["test"] = self._final_test(view, arrays, tested_round)
         if cfg.test_every:
-            point = {"round": last_round, **results["test"]}
+            point = {"round": last_round, **(last or results["test"])}
             results.setdefault("test_curve", []).append(point)
         results["test_failures"] = self.test_failures
         results["timings_s"]["final_test"] = time.perf_counter() - t0
@@ -623,6 +656,27 @@ class Federation:
         write_results(out_dir, results)
         self.final_arrays = to_numpy(arrays)
         yield results
+
+    def _validate_start(self, view: NodeView, arrays: ArrayRecord, results: dict[str, Any]) -> None:
+        """Validate the starting model (round 0), the first candidate of the selection."""
+        metrics = self._evaluate(view, 0, arrays)
+        if metrics:
+            results["evaluation"].append({"round": 0, **metrics})
+            self._select(0, metrics, arrays, results)
+
+    def _select(
+        self,
+        server_round: int,
+        validation: Mapping[str, Any],
+        arrays: ArrayRecord,
+        results: dict[str, Any],
+    ) -> None:
+        """Keep ``arrays`` when their validation is the best so far."""
+        results["best_model"], improved = best_model(
+            results.get("best_model"), server_round, validation
+        )
+        if improved:
+            self.best_arrays = to_numpy(arrays)
 
     def _start(self) -> tuple[ArrayRecord, dict[str, Any], int]:
         """Fresh arrays and results, or those of the checkpoint when resuming."""
@@ -652,6 +706,7 @@ class Federation:
             )
         restore_strategy_state(self.strategy, checkpoint.strategy_state)
         restore_rng_states(checkpoint.rng)
+        self.best_arrays = checkpoint.best_arrays
         results = checkpoint.results
         results["config"] = dict(cfg.values)
         results["resumed_at"].append(checkpoint.server_round + 1)
@@ -740,7 +795,8 @@ class Federation:
         return record, arrays
 
     def _evaluate(self, view: NodeView, server_round: int, arrays: ArrayRecord) -> dict | None:
-        seed_round(self.cfg.seed, server_round)
+        # With model selection every check draws the same clients: checks compare models.
+        seed_round(self.cfg.seed, 0 if self.cfg.keep_best_model else server_round)
         config = self.instruction(server_round, **{SPLIT: "validation"})
         messages = self._attach(
             self.strategy.configure_evaluate(server_round, arrays, config, view)

@@ -207,6 +207,12 @@ class RunConfig:
         return int(self.values["early-stop-patience"])
 
     @property
+    def keep_best_model(self) -> bool:
+        """Validate the starting model too, and test the global model of the best
+        validation MRR instead of the last one (every check validates the same clients)."""
+        return bool(self.values["keep-best-model"])
+
+    @property
     def seed(self) -> int:
         return int(self.values["seed"])
 

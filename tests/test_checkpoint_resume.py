@@ -53,14 +53,30 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     validated = {"strategy": "fedavg", "num-rounds": 4, "eval-every": 1}
     every = tiny(root / "every-round", **validated, **{"test-every": 1})
     early = tiny(root / "early-stop", **validated, **{"early-stop-patience": 1})
+    selecting = {  # every client validates, on 60 days of check-ins each
+        **validated,
+        "keep-best-model": True,
+        "test-every": 1,
+        "fraction-evaluate": 1.0,
+        "synthetic-days": 60,
+    }
+    best = tiny(root / "keep-best", **selecting)
+    best_half = tiny(root / "keep-best-resumed", **{**selecting, "num-rounds": 2})
+    noise = {"inject-attack-fraction": 1.0, "inject-attack": "random", "inject-attack-scale": 10.0}
+    ruined = tiny(root / "keep-best-ruined", **selecting, **noise)  # every update is noise
     first = [*straight.values(), *curves.values(), *halves.values(), every, early]
-    simulate(first, NODES, 2, progress=False)
+    simulate([*first, best, best_half, ruined], NODES, 2, progress=False)
     resumed = {n: {**v, "num-rounds": 4, "resume": True} for n, v in halves.items()}
     early_before = _results(early)
     early_resumed = {**early, "num-rounds": 6, "resume": True}
-    simulate([*resumed.values(), early_resumed], NODES, 2, progress=False)
+    best_resumed = {**best_half, "num-rounds": 4, "resume": True}
+    simulate([*resumed.values(), early_resumed, best_resumed], NODES, 2, progress=False)
     runs = {n: (straight[n], resumed[n], curves[n]) for n in STRATEGIES}
-    return {**runs, "early-stop": (every, early, early_before)}
+    return {
+        **runs,
+        "early-stop": (every, early, early_before),
+        "keep-best": (best, best_resumed, ruined),
+    }
 
 
 def _results(values: dict) -> dict:
@@ -154,3 +170,41 @@ def test_early_stopping_stops_at_the_first_validation_without_improvement(runs):
     assert {"round": stop, **stopped["test"]} == pytest.approx(point, abs=1e-12)
     assert stopped["resumed_at"] == [stop + 1] and before["rounds"] == stopped["rounds"]
     assert "early_stop" not in full
+
+
+def test_keep_best_model_tests_the_best_validated_model(runs):
+    """``keep-best-model``: the starting model is validated as round 0, every check
+    validates the same clients, and the final test is that of the model with the best
+    validation MRR (the test curve, of the model after each round, says which)."""
+    best = _results(runs["keep-best"][0])
+    checks = best["evaluation"]
+    assert [e["round"] for e in checks] == [0, 1, 2, 3, 4]
+    assert len({e["samples"] for e in checks}) == 1  # the same clients every check
+    mrr = [e["mrr"] for e in checks]
+    chosen = mrr.index(max(mrr))  # the first of equal checks wins
+    assert best["best_model"] == {"metric": "mrr", "best": max(mrr), "round": chosen}
+    assert best["tested_round"] == chosen
+    if chosen > 0:
+        point = best["test_curve"][chosen - 1]
+        assert {"round": chosen, **best["test"]} == pytest.approx(point, abs=1e-12)
+    assert [p["round"] for p in best["test_curve"]] == [1, 2, 3, 4]
+
+
+def test_keep_best_model_keeps_the_starting_model_when_training_only_hurts(runs):
+    """When every client returns noise (a simulated attack), the untrained model is the
+    best validated one and the one tested; the curve's last point is the last model's."""
+    ruined = _results(runs["keep-best"][2])
+    mrr = [e["mrr"] for e in ruined["evaluation"]]
+    assert mrr[0] > max(mrr[1:])
+    assert ruined["tested_round"] == 0 and ruined["best_model"]["round"] == 0
+    assert ruined["test"]["mrr"] > ruined["test_curve"][-1]["mrr"]
+
+
+def test_keep_best_model_survives_a_resume(runs):
+    """The best arrays live in the checkpoint: a run resumed after round 2 selects and
+    tests exactly what the uninterrupted run does."""
+    straight, resumed = (_results(v) for v in runs["keep-best"][:2])
+    assert resumed["resumed_at"] == [3]
+    assert resumed["evaluation"] == pytest.approx(straight["evaluation"], abs=1e-12)
+    assert resumed["best_model"] == straight["best_model"]
+    assert resumed["test"] == pytest.approx(straight["test"], abs=1e-12)

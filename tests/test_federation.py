@@ -296,6 +296,18 @@ def test_simulate_command_unknown_key_is_a_usage_error(tmp_path, capsys):
     assert "no-such-key" in capsys.readouterr().err
 
 
+def test_simulate_command_keep_best_model_flag_sets_the_key(tmp_path):
+    from experiments import simulate_cli
+    from fedgeo.cli.main import build_parser
+
+    base = ["simulate", "--strategy", "fedavg", "--out", str(tmp_path)]
+    chosen = simulate_cli.overrides_from_args(
+        build_parser().parse_args([*base, "--keep-best-model"])
+    )
+    plain = simulate_cli.overrides_from_args(build_parser().parse_args(base))
+    assert chosen["keep-best-model"] is True and "keep-best-model" not in plain
+
+
 # --- run config, data sources, profile privacy ----------------------------------------
 
 

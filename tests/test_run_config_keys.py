@@ -120,6 +120,7 @@ TYPED: dict[str, Any] = {
     "eval-every": lambda c: c.eval_every,
     "test-every": lambda c: c.test_every,
     "early-stop-patience": lambda c: c.early_stop_patience,
+    "keep-best-model": lambda c: c.keep_best_model,
     "seed": lambda c: c.seed,
     "out-dir": lambda c: c.out_dir.name,
     "resume": lambda c: c.resume,

@@ -65,6 +65,22 @@ def test_checks_within_an_epoch_keep_the_best_check(city):
     assert val["mrr"] == pytest.approx(best["val_mrr"], abs=1e-9)
 
 
+def test_validate_start_keeps_the_untrained_model_when_no_epoch_beats_it(city):
+    """``validate_start``: the starting parameters are checked as epoch 0; a learning rate
+    that wrecks the model leaves them as the model's parameters (best epoch 0)."""
+    model, features = build_model(
+        city.num_places, len(city.users), ModelConfig(**SMALL).without_prior(), None, seed=0
+    )
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=5.0, seed=0, validate_start=True)
+    result = fit(model, features, city.users, cfg, progress=False)
+    scores = [r["val_mrr"] for r in result.history]
+    assert [r["epoch"] for r in result.history] == [0.0, 1, 2, 3]
+    assert scores[0] > max(scores[1:]) and result.best_epoch == 0.0
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0)
+
+
 def test_patience_counts_checks_not_epochs(city):
     model, features = build_model(
         city.num_places, len(city.users), ModelConfig(**SMALL).without_prior(), None, seed=0

@@ -51,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="learning-rate multiplier of the place embeddings and biases (default 1;"
         " docs/model.md, Training)",
     )
+    parser.add_argument(
+        "--validate-start",
+        action="store_true",
+        help="validate the untrained model too and keep it when no epoch beats it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -200,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         checks_per_epoch=args.checks_per_epoch,
         place_lr_scale=args.place_lr_scale,
+        validate_start=args.validate_start,
         seed=args.seed,
     )
     summary = run_centralized(
