@@ -185,9 +185,11 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as err:
         raise UsageError(str(err)) from None
     test = result["test"]
+    tested = result.get("tested_round")
+    chosen = f", the model of round {tested}" if config.keep_best_model else ""
     print(
-        f"simulate ({config.strategy}, {users} clients, {config.num_rounds} rounds): test "
-        f"acc@1={test['acc@1']:.4f} acc@5={test['acc@5']:.4f} acc@10={test['acc@10']:.4f} "
+        f"simulate ({config.strategy}, {users} clients, {config.num_rounds} rounds{chosen}): "
+        f"test acc@1={test['acc@1']:.4f} acc@5={test['acc@5']:.4f} acc@10={test['acc@10']:.4f} "
         f"mrr={test['mrr']:.4f} ndcg@10={test['ndcg@10']:.4f} ({test['samples']} samples) "
         f"-> {config.out_dir}/results.json"
     )

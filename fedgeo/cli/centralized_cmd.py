@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"centralized: test acc@1={test['acc@1']:.4f} acc@5={test['acc@5']:.4f} "
         f"acc@10={test['acc@10']:.4f} mrr={test['mrr']:.4f} ndcg@10={test['ndcg@10']:.4f} "
-        f"({test['samples']} samples) -> {args.out}/metrics.json"
+        f"({test['samples']} samples, best epoch {summary['best_epoch']:g}) "
+        f"-> {args.out}/metrics.json"
     )
     return 0
