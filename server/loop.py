@@ -578,8 +578,6 @@ class Federation:
         results["privacy"] = self.privacy.summary()
         if self.setup.population_index is not None and start > 1:
             self._load_population(view, start, results)
-        if cfg.keep_best_model and start == 1:
-            self._validate_start(view, arrays, results)
         paused = yield from _pause(results)
         last_round = start - 1
         stopped = bool(results.get("early_stop", {}).get("stopped_at"))
@@ -588,6 +586,8 @@ class Federation:
                 break
             if self.setup.population_index is not None:
                 self._refresh_population(view, server_round, results)
+            if cfg.keep_best_model and server_round == 1:  # with the first population prior
+                self._validate_start(view, arrays, results)
             record, arrays = self._round(view, server_round, arrays)
             results["rounds"].append(record)
             if record.get("evaluate"):

@@ -93,18 +93,22 @@ def test_a_device_refuses_an_instruction_for_another_user(tmp_path):
 
 def test_fewer_nodes_than_users_end_as_one_node_per_user(tmp_path: Path):
     """SCAFFOLD keeps each user's control variate in its node's context, and the
-    population prior's secure sum a session per user: both stay apart on a shared node."""
+    population prior's secure sum a session per user: both stay apart on a shared node
+    (with model selection, whose round-0 validation needs the population prior)."""
 
     def settings(out: Path) -> dict:
         return {**TINY_RUN, "strategy": "scaffold", "num-rounds": 2, "fraction-train": 0.5,
                 "fraction-evaluate": 0.5, "model-population-prior": True,
                 "population-refresh": 1, "population-cohort-size": 4,
-                "out-dir": str(out), "research-mode": True}
+                "keep-best-model": True, "out-dir": str(out), "research-mode": True}
 
     [alone] = simulate([settings(tmp_path / "alone")], NODES, 2, progress=False)
     [shared] = simulate([settings(tmp_path / "shared")], 3, 2, progress=False)
     assert shared["nodes"]["federated"] == alone["nodes"]["federated"] == NODES
     assert shared["test"] == alone["test"]
+    # keep-best-model validates the starting model with the first population prior
+    assert [e["round"] for e in shared["evaluation"]] == [0, 1, 2]
+    assert shared["evaluation"] == alone["evaluation"]
     assert json.dumps([r.get("evaluate") for r in shared["rounds"]]) == json.dumps(
         [r.get("evaluate") for r in alone["rounds"]]
     )
