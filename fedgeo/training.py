@@ -242,11 +242,7 @@ def fit(
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     if cfg.validate_start and has_validation:
-        val = evaluate(model, features, index, "validation", cfg.eval_batch_size, cfg.device)
-        record = {
-            "epoch": 0.0,
-            **{f"val_{k}": v for k, v in val.metrics().items() if k != "samples"},
-        }
+        record = {"epoch": 0.0, **_validation_record(model, features, index, cfg)}
         history.append(record)
         if log is not None:
             log(_format_record(record))
@@ -268,11 +264,8 @@ def fit(
             at = epoch if checks == 1 else round(epoch - 1 + part / checks, 4)
             record = {"epoch": at, "train_loss": loss_sum / max(len(users), 1)}
             if has_validation:
-                val = evaluate(
-                    model, features, index, "validation", cfg.eval_batch_size, cfg.device
-                ).metrics()
-                record.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
-                score = val["mrr"]
+                record.update(_validation_record(model, features, index, cfg))
+                score = record["val_mrr"]
             else:
                 score = -record["train_loss"]
             record["seconds"] = time.perf_counter() - t0
@@ -342,6 +335,14 @@ def train_local(
         "train-loss": loss_sum / len(train_users),
         "steps": steps,
     }
+
+
+def _validation_record(
+    model: NextLocationModel, features: FeatureBuilder, index: SampleIndex, cfg: TrainConfig
+) -> dict[str, float]:
+    """The validation metrics as ``val_<metric>`` entries of a history record."""
+    val = evaluate(model, features, index, "validation", cfg.eval_batch_size, cfg.device)
+    return {f"val_{k}": v for k, v in val.metrics().items() if k != "samples"}
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:

@@ -589,12 +589,13 @@ class Federation:
             if cfg.keep_best_model and server_round == 1:  # with the first population prior
                 self._validate_start(view, arrays, results)
             record, arrays = self._round(view, server_round, arrays)
+            current = to_numpy(arrays)  # one copy a round, for the selection and checkpoint
             results["rounds"].append(record)
             if record.get("evaluate"):
                 results["evaluation"].append({"round": server_round, **record["evaluate"]})
                 results["validation"] = record["evaluate"]
                 if cfg.keep_best_model:
-                    self._select(server_round, record["evaluate"], arrays, results)
+                    self._select(server_round, record["evaluate"], current, results)
                 if cfg.early_stop_patience:
                     results["early_stop"] = early_stop(
                         results.get("early_stop"),
@@ -615,7 +616,7 @@ class Federation:
                 out_dir,
                 Checkpoint(
                     server_round=server_round,
-                    arrays=to_numpy(arrays),
+                    arrays=current,
                     strategy_state=strategy_state(self.strategy),
                     results=results,
                     config=dict(cfg.values),
@@ -636,7 +637,8 @@ class Federation:
             )
         t0 = time.perf_counter()
         tested_round, last_arrays = last_round, arrays
-        if cfg.keep_best_model and self.best_arrays is not None:
+        selected = cfg.keep_best_model and self.best_arrays is not None
+        if selected:
             arrays = to_arrayrecord(self.best_arrays)
             tested_round = int(results["best_model"]["round"])
             logger.info("%s: testing the model of round %d", out_dir, tested_round)
@@ -654,7 +656,7 @@ class Federation:
             time.perf_counter() - started - paused
         )
         write_results(out_dir, results)
-        self.final_arrays = to_numpy(arrays)
+        self.final_arrays = self.best_arrays if selected else to_numpy(arrays)
         yield results
 
     def _validate_start(self, view: NodeView, arrays: ArrayRecord, results: dict[str, Any]) -> None:
@@ -662,21 +664,21 @@ class Federation:
         metrics = self._evaluate(view, 0, arrays)
         if metrics:
             results["evaluation"].append({"round": 0, **metrics})
-            self._select(0, metrics, arrays, results)
+            self._select(0, metrics, to_numpy(arrays), results)
 
     def _select(
         self,
         server_round: int,
         validation: Mapping[str, Any],
-        arrays: ArrayRecord,
+        arrays: dict[str, np.ndarray],
         results: dict[str, Any],
     ) -> None:
-        """Keep ``arrays`` when their validation is the best so far."""
+        """Keep ``arrays`` (the round's own copy) when their validation is the best so far."""
         results["best_model"], improved = best_model(
             results.get("best_model"), server_round, validation
         )
         if improved:
-            self.best_arrays = to_numpy(arrays)
+            self.best_arrays = arrays
 
     def _start(self) -> tuple[ArrayRecord, dict[str, Any], int]:
         """Fresh arrays and results, or those of the checkpoint when resuming."""

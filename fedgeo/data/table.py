@@ -76,6 +76,5 @@ def write_checkins_csv(table: pd.DataFrame, path: str | Path, relative_time: boo
     to the same table: times as ``seconds`` (since the file's own origin) when they are
     relative, else as ``timestamp`` (UTC epoch seconds)."""
     time_name = "seconds" if relative_time else "timestamp"
-    columns = ["user_id", "location_id", "latitude", "longitude", "timestamp"]
-    columns += [c for c in ("tz_offset_min", "category") if c in table.columns]
+    columns = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in table.columns)]
     table[columns].rename(columns={"timestamp": time_name}).to_csv(path, index=False)
