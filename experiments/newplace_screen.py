@@ -17,8 +17,8 @@ Acc@10) and ranked on validation (test only with ``--test``).
 
 Then by a conditional logit over per-place features of what the **other** users did
 (:data:`FEATURES`: co-visitors of the user's places, transitions from the last place,
-visitors) and the distances, its weights fitted by maximum likelihood on the same
-training samples. One JSON line per ranking::
+visitors), the distances, and where the user's own check-ins lie, its weights fitted by
+maximum likelihood on the same training samples. One JSON line per ranking::
 
     python experiments/newplace_screen.py --data ../shared/data/foursquare-nyc/checkins.csv
 """
@@ -61,19 +61,33 @@ FEATURES = (
     "-log km from the last place",
     "-log km from the centre",
     "-km from the last place",
+    "-log km from the nearest own place",
+    "own-visit density",
 )
 """Per-place features of the conditional logit. Counts are of the other users' training
 prefixes (the sample's own user taken out), each user counted once per place or pair:
 ``co-visitors`` is ``log(1 + mean over the user's visited places v of C[v, l])`` with
 ``C[v, l]`` the users who visited both ``v`` and ``l``; the next two are
 ``log(1 + C[last, l])`` and ``log(1 + T[last, l])`` with ``T`` the users who moved from
-``last`` to ``l``; ``visitors`` is ``log(1 + V[l])``."""
+``last`` to ``l``; ``visitors`` is ``log(1 + V[l])``. The last two read only the user's
+own history before the sample: ``-log(0.05 + min_v d(v, l))`` over the places ``v`` it
+visited, and ``log`` of the Gaussian kernel density of its check-ins at ``l``,
+``sum_v n_v exp(-d(v, l)^2 / (2 h^2)) / sum_v n_v`` with ``h`` = :data:`OWN_DENSITY_KM`."""
+
+OWN_DENSITY_KM = 1.0
+"""Bandwidth (km) of the own-visit density feature."""
 
 FEATURE_SETS = {
     "distance from the last place": ("-log km from the last place",),
     "distance + co-visitors": ("-log km from the last place", "co-visitors"),
     "distance + transitions": ("-log km from the last place", "transitions from the last place"),
-    "all features": FEATURES,
+    "all seven population and distance features": FEATURES[:7],
+    "distance + the user's own places": (
+        "-log km from the last place",
+        "-log km from the nearest own place",
+        "own-visit density",
+    ),
+    "all nine features": FEATURES,
 }
 """The conditional logits fitted and ranked, by name."""
 
@@ -94,6 +108,11 @@ class NewPlaceSamples:
     """``(n,)`` the index of each sample's user in the data set."""
     position: np.ndarray
     """``(n,)`` the target's position in its user's trajectory."""
+    d_own: np.ndarray
+    """``(n, L)`` km from the nearest place the user had visited."""
+    own_density: np.ndarray
+    """``(n, L)`` Gaussian kernel density of the user's check-ins before the sample
+    (bandwidth :data:`OWN_DENSITY_KM`; see :data:`FEATURES`)."""
 
 
 def training_popularity(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -128,13 +147,19 @@ def new_place_samples(
     last = np.empty((n, 2))
     centroid = np.empty((n, 2))
     visited = np.zeros((n, num_places), dtype=bool)
+    d_own = np.empty((n, num_places), dtype=np.float32)
+    own_density = np.empty((n, num_places), dtype=np.float32)
     target = np.empty(n, dtype=np.int64)
     for i, (u, p) in enumerate(picks):
         places = dataset.users[u].places
-        seen = np.unique(places[:p])
+        seen, visits = np.unique(places[:p], return_counts=True)
         last[i], centroid[i] = coords[places[p - 1]], coords[seen].mean(0)
         visited[i, seen] = True
         target[i] = places[p]
+        d_seen = haversine_distances(coords[seen], coords) * EARTH_RADIUS_KM
+        d_own[i] = d_seen.min(0)
+        kernel = np.exp(-(d_seen**2) / (2 * OWN_DENSITY_KM**2))
+        own_density[i] = visits @ kernel / visits.sum()
     return NewPlaceSamples(
         d_last=haversine_distances(last, coords) * EARTH_RADIUS_KM,
         d_centroid=haversine_distances(centroid, coords) * EARTH_RADIUS_KM,
@@ -142,6 +167,8 @@ def new_place_samples(
         target=target,
         user=np.array([u for u, _ in picks], dtype=np.int64),
         position=np.array([p for _, p in picks], dtype=np.int64),
+        d_own=d_own,
+        own_density=own_density,
     )
 
 
@@ -267,6 +294,8 @@ def ranking_features(
         out[i, :, 4] = -np.log(samples.d_last[i] + 0.05)
         out[i, :, 5] = -np.log(samples.d_centroid[i] + 0.05)
         out[i, :, 6] = -samples.d_last[i]
+        out[i, :, 7] = -np.log(samples.d_own[i] + 0.05)
+        out[i, :, 8] = np.log(samples.own_density[i] + 1e-12)
     return out
 
 

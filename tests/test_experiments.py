@@ -541,6 +541,36 @@ def test_newplace_screen_population_features_count_only_the_other_users() -> Non
     np.testing.assert_allclose(first[:, column["co-visitors"]], np.log1p(others.mean(0)), rtol=1e-6)
 
 
+def test_newplace_screen_own_place_features_read_the_users_past_only() -> None:
+    """The own-place features are the distance to the nearest place the user visited before
+    the sample and the kernel density of those check-ins, counted by visits."""
+    from experiments.newplace_screen import (
+        FEATURES,
+        OWN_DENSITY_KM,
+        new_place_samples,
+        population_counts,
+        ranking_features,
+    )
+    from fedgeo.data.dataset import Dataset, Places
+
+    places = Places(ids=np.arange(5), latitude=np.zeros(5), longitude=np.arange(5) * 0.01)
+    # validation target 4 after 0, 1, 0: places 0 (twice) and 1 visited; 3 is visited later
+    users = [hand_made_user([0, 1, 0, 4, 3], [1, 2], [3])]
+    dataset = Dataset(places, users)
+    samples = new_place_samples(dataset, "validation")
+    step = samples.d_last[0, 1]  # about 1.1 km between neighbours
+    np.testing.assert_allclose(samples.d_own[0], [0, 0, step, 2 * step, 3 * step], rtol=1e-4)
+    kernel = np.exp(-(((np.arange(5)[:, None] - [0, 1]) * step) ** 2) / (2 * OWN_DENSITY_KM**2))
+    np.testing.assert_allclose(samples.own_density[0], kernel @ [2, 1] / 3, rtol=1e-4)
+    features = ranking_features(samples, dataset, population_counts(dataset))
+    column = {name: i for i, name in enumerate(FEATURES)}
+    np.testing.assert_allclose(
+        features[0, :, column["-log km from the nearest own place"]],
+        -np.log(samples.d_own[0] + 0.05),
+        rtol=1e-5,
+    )
+
+
 def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets() -> None:
     """Fitted by maximum likelihood over the unvisited places, the logit puts a positive
     weight on a feature that marks each target and then ranks the targets first."""
@@ -560,7 +590,9 @@ def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets
     features = rng.normal(size=(n, num_places, len(FEATURES))).astype(np.float32)
     features[np.arange(n), target, 0] += 5.0
     zeros = np.zeros((n, num_places))
-    samples = NewPlaceSamples(zeros, zeros, visited, target, np.zeros(n, int), np.ones(n, int))
+    samples = NewPlaceSamples(
+        zeros, zeros, visited, target, np.zeros(n, int), np.ones(n, int), zeros, zeros
+    )
     weights, mean, std = fit_conditional_logit(features, samples, (FEATURES[0],))
     assert weights[0] > 0 and not weights[1:].any()
     metrics = new_place_metrics(logit_scores(features, weights, mean, std), samples)
