@@ -53,7 +53,7 @@ GRID = {
 """Weights searched on the training split (distances in km)."""
 
 
-FEATURES = (
+POPULATION_AND_DISTANCE = (
     "co-visitors",
     "co-visitors of the last place",
     "transitions from the last place",
@@ -61,9 +61,9 @@ FEATURES = (
     "-log km from the last place",
     "-log km from the centre",
     "-km from the last place",
-    "-log km from the nearest own place",
-    "own-visit density",
 )
+OWN_PLACES = ("-log km from the nearest own place", "own-visit density")
+FEATURES = POPULATION_AND_DISTANCE + OWN_PLACES
 """Per-place features of the conditional logit. Counts are of the other users' training
 prefixes (the sample's own user taken out), each user counted once per place or pair:
 ``co-visitors`` is ``log(1 + mean over the user's visited places v of C[v, l])`` with
@@ -81,12 +81,8 @@ FEATURE_SETS = {
     "distance from the last place": ("-log km from the last place",),
     "distance + co-visitors": ("-log km from the last place", "co-visitors"),
     "distance + transitions": ("-log km from the last place", "transitions from the last place"),
-    "all seven population and distance features": FEATURES[:7],
-    "distance + the user's own places": (
-        "-log km from the last place",
-        "-log km from the nearest own place",
-        "own-visit density",
-    ),
+    "all seven population and distance features": POPULATION_AND_DISTANCE,
+    "distance + the user's own places": ("-log km from the last place", *OWN_PLACES),
     "all nine features": FEATURES,
 }
 """The conditional logits fitted and ranked, by name."""
