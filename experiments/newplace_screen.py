@@ -146,16 +146,21 @@ def new_place_samples(
     d_own = np.empty((n, num_places), dtype=np.float32)
     own_density = np.empty((n, num_places), dtype=np.float32)
     target = np.empty(n, dtype=np.int64)
+    user_maps: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
     for i, (u, p) in enumerate(picks):
         places = dataset.users[u].places
+        if user_maps is None or user_maps[0] != u:  # picks come user by user
+            distinct = np.unique(places)
+            d_user = haversine_distances(coords[distinct], coords) * EARTH_RADIUS_KM
+            user_maps = (u, distinct, d_user, np.exp(-(d_user**2) / (2 * OWN_DENSITY_KM**2)))
+        _, distinct, d_user, kernel = user_maps
         seen, visits = np.unique(places[:p], return_counts=True)
         last[i], centroid[i] = coords[places[p - 1]], coords[seen].mean(0)
         visited[i, seen] = True
         target[i] = places[p]
-        d_seen = haversine_distances(coords[seen], coords) * EARTH_RADIUS_KM
-        d_own[i] = d_seen.min(0)
-        kernel = np.exp(-(d_seen**2) / (2 * OWN_DENSITY_KM**2))
-        own_density[i] = visits @ kernel / visits.sum()
+        rows = np.searchsorted(distinct, seen)
+        d_own[i] = d_user[rows].min(0)
+        own_density[i] = visits @ kernel[rows] / visits.sum()
     return NewPlaceSamples(
         d_last=haversine_distances(last, coords) * EARTH_RADIUS_KM,
         d_centroid=haversine_distances(centroid, coords) * EARTH_RADIUS_KM,
