@@ -26,6 +26,7 @@ from fedgeo.message_keys import (
     CONFIG,
     CONTRIBUTION,
     MASKED,
+    MODEL_CONFIG,
     POPULATION_CONFIG,
     POPULATION_NOISE_STD,
     POPULATION_PRIOR,
@@ -37,7 +38,7 @@ from fedgeo.message_keys import (
     STAGE_IN,
     STAGE_OUT,
 )
-from fedgeo.models import FeatureBuilder
+from fedgeo.models import FeatureBuilder, ModelConfig
 from fedgeo.population import (
     CandidateIndex,
     PopulationConfig,
@@ -49,17 +50,26 @@ from fedgeo.population import (
 from fedgeo.secure_sum import ClientSession, SecureSumConfig
 
 STAGES = ("plain", "setup", "share", "mask", "unmask")
-_INDEXES: dict[tuple[str, int], CandidateIndex] = {}
+_INDEXES: dict[tuple[str, int, bool], CandidateIndex] = {}
 
 
-def candidate_index(source: ClientSource, candidates: int) -> CandidateIndex:
+def candidate_index(source: ClientSource, candidates: int, day_blocks: bool) -> CandidateIndex:
     """The public index space of the client's place table (built once per process)."""
-    key = (source.places_key, candidates)
+    key = (source.places_key, candidates, day_blocks)
     if key not in _INDEXES:
         if len(_INDEXES) >= 4:
             _INDEXES.pop(next(iter(_INDEXES)))
-        _INDEXES[key] = CandidateIndex(source.data.places, candidates)
+        _INDEXES[key] = CandidateIndex(source.data.places, candidates, day_blocks)
     return _INDEXES[key]
+
+
+def counts_day_blocks(config: Mapping[str, Any]) -> bool:
+    """Whether the instruction's model counts visitors by block of the day (its
+    ``population_day_blocks``; False when the instruction carries no model)."""
+    text = config.get(MODEL_CONFIG)
+    if not text:
+        return False
+    return bool(ModelConfig.from_dict(json.loads(str(text))).population_day_blocks)
 
 
 def population_config(config: Mapping[str, Any]) -> PopulationConfig:
@@ -73,7 +83,7 @@ def noisy_contribution(source: ClientSource, config: Mapping[str, Any]) -> np.nd
     """The client's checked contribution plus its share of the DP noise. Simulated
     clients draw seeded noise (reproducible runs); a device draws from the OS."""
     settings = population_config(config)
-    index = candidate_index(source, settings.candidates)
+    index = candidate_index(source, settings.candidates, counts_day_blocks(config))
     vector = check_contribution(
         contribution(source.data.user, index, settings), index.length, "this client"
     )
@@ -200,7 +210,7 @@ def with_population(
             f"{len(source.data.places)}"
         )
     settings = population_config(config)
-    index = candidate_index(source, settings.candidates)
+    index = candidate_index(source, settings.candidates, counts_day_blocks(config))
     out = copy.copy(features)
     out.population = PopulationFeatures(prior, index, settings, [source.data.user])
     return out

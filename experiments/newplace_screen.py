@@ -18,9 +18,15 @@ Acc@10) and ranked on validation (test only with ``--test``).
 Then by a conditional logit over per-place features of what the **other** users did
 (:data:`FEATURES`: co-visitors of the user's places, transitions from the last place,
 visitors), the distances, and where the user's own check-ins lie, its weights fitted by
-maximum likelihood on the same training samples. One JSON line per ranking::
+maximum likelihood on the same training samples. The last features add time and scale:
+the other users at each place in the target's block of the day, the distance from the last
+place relative to the user's usual move, and the distance's decay against the time since
+the last check-in. One JSON line per ranking::
 
     python experiments/newplace_screen.py --data ../shared/data/foursquare-nyc/checkins.csv
+
+``--late-half`` fits on training samples from the later half of each user's training range
+only, closer to where validation and test samples lie in a user's history.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from sklearn.metrics.pairwise import haversine_distances
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedgeo.data.dataset import Dataset  # noqa: E402
+from fedgeo.data.dataset import SLOT_HOURS, Dataset, UserData, day_block  # noqa: E402
 from fedgeo.data.loading import load_dataset  # noqa: E402
 from fedgeo.data.stats import EARTH_RADIUS_KM  # noqa: E402
 
@@ -63,7 +69,12 @@ POPULATION_AND_DISTANCE = (
     "-km from the last place",
 )
 OWN_PLACES = ("-log km from the nearest own place", "own-visit density")
-FEATURES = POPULATION_AND_DISTANCE + OWN_PLACES
+TIME_AND_SCALE = (
+    "visitors at this time of day",
+    "-km / the user's usual move",
+    "-log km x log hours since the last check-in",
+)
+FEATURES = POPULATION_AND_DISTANCE + OWN_PLACES + TIME_AND_SCALE
 """Per-place features of the conditional logit. Counts are of the other users' training
 prefixes (the sample's own user taken out), each user counted once per place or pair:
 ``co-visitors`` is ``log(1 + mean over the user's visited places v of C[v, l])`` with
@@ -72,18 +83,33 @@ prefixes (the sample's own user taken out), each user counted once per place or 
 ``last`` to ``l``; ``visitors`` is ``log(1 + V[l])``. The last two read only the user's
 own history before the sample: ``-log(0.05 + min_v d(v, l))`` over the places ``v`` it
 visited, and ``log`` of the Gaussian kernel density of its check-ins at ``l``,
-``sum_v n_v exp(-d(v, l)^2 / (2 h^2)) / sum_v n_v`` with ``h`` = :data:`OWN_DENSITY_KM`."""
+``sum_v n_v exp(-d(v, l)^2 / (2 h^2)) / sum_v n_v`` with ``h`` = :data:`OWN_DENSITY_KM`.
+The time and scale features: ``log(1 + S[l, b])``, the other users who checked in at ``l``
+in block ``b`` of the day (:data:`SLOT_HOURS` hours, local time) of the target;
+``-d(last, l) / m`` with ``m`` the median km of the user's last :data:`USUAL_MOVES` moves
+before the sample (at least :data:`MIN_USUAL_KM`); and ``-log(d(last, l) + 0.05) *
+log(1 + hours since the last check-in)``, which lets the distance decay flatten when the
+user has been away long."""
 
 OWN_DENSITY_KM = 1.0
 """Bandwidth (km) of the own-visit density feature."""
+USUAL_MOVES = 50
+"""Moves (latest first) whose median distance is the user's usual move."""
+MIN_USUAL_KM = 0.2
+"""Floor of the usual move (km), for users who have barely moved."""
 
 FEATURE_SETS = {
     "distance from the last place": ("-log km from the last place",),
+    "distance + visitors at this time of day": (
+        "-log km from the last place",
+        "visitors at this time of day",
+    ),
     "distance + co-visitors": ("-log km from the last place", "co-visitors"),
     "distance + transitions": ("-log km from the last place", "transitions from the last place"),
     "all seven population and distance features": POPULATION_AND_DISTANCE,
     "distance + the user's own places": ("-log km from the last place", *OWN_PLACES),
-    "all nine features": FEATURES,
+    "all nine features": POPULATION_AND_DISTANCE + OWN_PLACES,
+    "all twelve features": FEATURES,
 }
 """The conditional logits fitted and ranked, by name."""
 
@@ -109,6 +135,12 @@ class NewPlaceSamples:
     own_density: np.ndarray
     """``(n, L)`` Gaussian kernel density of the user's check-ins before the sample
     (bandwidth :data:`OWN_DENSITY_KM`; see :data:`FEATURES`)."""
+    day_block: np.ndarray
+    """``(n,)`` the target's block of the day (local time, :data:`SLOT_HOURS` hours)."""
+    usual_km: np.ndarray
+    """``(n,)`` the user's usual move before the sample (:data:`FEATURES`)."""
+    gap_hours: np.ndarray
+    """``(n,)`` hours from the last check-in to the target."""
 
 
 def training_popularity(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -124,16 +156,39 @@ def training_popularity(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return visitors, checkins
 
 
+def day_blocks(user: UserData) -> np.ndarray:
+    """Block of the day (local time, :data:`SLOT_HOURS` hours) of each check-in."""
+    return day_block(user.local_times())
+
+
+def usual_move_km(coords: np.ndarray, places: np.ndarray) -> float:
+    """Median km of the last :data:`USUAL_MOVES` moves of ``places`` (``coords`` in
+    radians), at least :data:`MIN_USUAL_KM`; :data:`MIN_USUAL_KM` without a move."""
+    recent = places[-(USUAL_MOVES + 1) :]
+    if len(recent) < 2:
+        return MIN_USUAL_KM
+    a, b = coords[recent[:-1]], coords[recent[1:]]
+    hav = (
+        np.sin((b[:, 0] - a[:, 0]) / 2) ** 2
+        + np.cos(a[:, 0]) * np.cos(b[:, 0]) * np.sin((b[:, 1] - a[:, 1]) / 2) ** 2
+    )
+    km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(hav, 0.0, 1.0)))
+    return max(float(np.median(km)), MIN_USUAL_KM)
+
+
 def new_place_samples(
-    dataset: Dataset, split: str, limit: int = 0, seed: int = 0
+    dataset: Dataset, split: str, limit: int = 0, seed: int = 0, late_half: bool = False
 ) -> NewPlaceSamples:
     """Every sample of ``split`` whose target its user had not visited before
-    (``limit``: a seeded random subset of at most that many)."""
+    (``limit``: a seeded random subset of at most that many; ``late_half``: only targets
+    in the later half of their user's positions of ``split``, by position)."""
     picks = [
         (u, int(p))
         for u, user in enumerate(dataset.users)
         for p in user.split(split)
-        if p > 0 and user.places[p] not in user.places[:p]
+        if p > 0
+        and user.places[p] not in user.places[:p]
+        and (not late_half or 2 * p >= user.split(split).min() + user.split(split).max())
     ]
     if limit and len(picks) > limit:
         chosen = np.random.default_rng(seed).choice(len(picks), limit, replace=False)
@@ -146,6 +201,9 @@ def new_place_samples(
     d_own = np.empty((n, num_places), dtype=np.float32)
     own_density = np.empty((n, num_places), dtype=np.float32)
     target = np.empty(n, dtype=np.int64)
+    day_block = np.empty(n, dtype=np.int64)
+    usual_km = np.empty(n)
+    gap_hours = np.empty(n)
     user_maps: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
     for i, (u, p) in enumerate(picks):
         places = dataset.users[u].places
@@ -161,6 +219,10 @@ def new_place_samples(
         rows = np.searchsorted(distinct, seen)
         d_own[i] = d_user[rows].min(0)
         own_density[i] = visits @ kernel[rows] / visits.sum()
+        user = dataset.users[u]
+        day_block[i] = day_blocks(user)[p]
+        usual_km[i] = usual_move_km(coords, places[:p])
+        gap_hours[i] = max(float(user.times[p] - user.times[p - 1]), 0.0) / 3600.0
     return NewPlaceSamples(
         d_last=haversine_distances(last, coords) * EARTH_RADIUS_KM,
         d_centroid=haversine_distances(centroid, coords) * EARTH_RADIUS_KM,
@@ -170,6 +232,9 @@ def new_place_samples(
         position=np.array([p for _, p in picks], dtype=np.int64),
         d_own=d_own,
         own_density=own_density,
+        day_block=day_block,
+        usual_km=usual_km,
+        gap_hours=gap_hours,
     )
 
 
@@ -238,14 +303,23 @@ class PopulationCounts:
     """``(L, L)`` users who moved from ``i`` to ``j``."""
     visitors: np.ndarray
     """``(L,)`` users who visited the place."""
+    block_visitors: np.ndarray
+    """``(L, blocks)`` users who checked in at the place in each block of the day."""
+    own_blocks: list[np.ndarray]
+    """Per user, its distinct ``place * blocks + block`` keys."""
 
 
 def population_counts(dataset: Dataset) -> PopulationCounts:
     """Co-visitor, transition and visitor counts of every user's training prefix."""
     num_places, num_users = dataset.num_places, len(dataset.users)
     rows, cols, moves = [np.empty(0, np.int64)], [np.empty(0, np.int64)], []
+    blocks = 24 // SLOT_HOURS
+    block_visitors, own_blocks = np.zeros(num_places * blocks), []
     for u, user in enumerate(dataset.users):
-        prefix = user.places[: int(user.train.max()) + 1] if len(user.train) else user.places[:0]
+        end = int(user.train.max()) + 1 if len(user.train) else 0
+        prefix = user.places[:end]
+        own_blocks.append(np.unique(prefix * blocks + day_blocks(user)[:end]))
+        block_visitors[own_blocks[-1]] += 1
         places = np.unique(prefix)
         rows.append(np.full(len(places), u))
         cols.append(places)
@@ -265,6 +339,8 @@ def population_counts(dataset: Dataset) -> PopulationCounts:
         co_visitors=co_visitors.tocsr(),
         transitions=transitions,
         visitors=np.asarray(member.sum(0)).ravel(),
+        block_visitors=block_visitors.reshape(num_places, blocks),
+        own_blocks=own_blocks,
     )
 
 
@@ -297,6 +373,14 @@ def ranking_features(
         out[i, :, 6] = -samples.d_last[i]
         out[i, :, 7] = -np.log(samples.d_own[i] + 0.05)
         out[i, :, 8] = np.log(samples.own_density[i] + 1e-12)
+        block = int(samples.day_block[i])
+        at_block = counts.block_visitors[:, block].copy()
+        blocks = counts.block_visitors.shape[1]
+        own_keys = counts.own_blocks[u]
+        at_block[own_keys[own_keys % blocks == block] // blocks] -= 1
+        out[i, :, 9] = np.log1p(np.maximum(at_block, 0))
+        out[i, :, 10] = -samples.d_last[i] / samples.usual_km[i]
+        out[i, :, 11] = out[i, :, 4] * np.log1p(samples.gap_hours[i])
     return out
 
 
@@ -338,11 +422,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help="check-in CSV (default: the synthetic city)")
     ap.add_argument("--samples", type=int, default=3000, help="training samples to fit on")
     ap.add_argument("--test", action="store_true", help="also rank the test split")
+    ap.add_argument(
+        "--late-half",
+        action="store_true",
+        help="fit on training samples from the later half of each user's training range",
+    )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     dataset, _ = load_dataset(a.data) if a.data else load_dataset()
     visitors, checkins = training_popularity(dataset)
-    train = new_place_samples(dataset, "train", a.samples, a.seed)
+    train = new_place_samples(dataset, "train", a.samples, a.seed, late_half=a.late_half)
     fitted = fit_weights(train, visitors, checkins)
     rankings = {
         "distance from the last place": dict(a=0, c=0, b1=1, b2=0, eps=0.05),

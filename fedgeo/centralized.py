@@ -49,7 +49,12 @@ def run_centralized(
     population_features = None
     if model_config.population_prior:
         population = population or PopulationConfig()
-        population_features = build_population(dataset, population, seed=train_config.seed)
+        population_features = build_population(
+            dataset,
+            population,
+            seed=train_config.seed,
+            day_blocks=model_config.population_day_blocks,
+        )
     model, features = build_model(
         dataset.num_places,
         len(dataset.users),
@@ -95,13 +100,14 @@ def run_centralized(
 
 
 def build_population(
-    dataset: Dataset, config: PopulationConfig, *, seed: int = 0
+    dataset: Dataset, config: PopulationConfig, *, seed: int = 0, day_blocks: bool = False
 ) -> PopulationFeatures:
     """The population prior of all users, summed in one place (the federation sums the
-    same vectors securely), with the DP noise of ``config`` drawn from ``seed``."""
-    index = CandidateIndex(dataset.places, config.candidates)
+    same vectors securely), with the DP noise of ``config`` drawn from ``seed``
+    (``day_blocks``: with the visitors by block of the day)."""
+    index = CandidateIndex(dataset.places, config.candidates, day_blocks)
     total = plain_sum(dataset.users, index, config)
-    sigma = config.noise_std(releases=1)
+    sigma = config.noise_std(releases=1, day_blocks=day_blocks)
     if sigma > 0:
         total = total + np.random.default_rng([seed, 0x504F50]).normal(0.0, sigma, total.shape)
     prior = PopulationPrior.from_sum(total, index, len(dataset.users))

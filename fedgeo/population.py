@@ -8,14 +8,20 @@ user-level differential privacy. The sum gives, for every place,
 * ``visitors[l]``: how many users visited ``l``;
 * ``transitions[i, j]``: how many users moved from ``i`` straight to ``j`` (two
   consecutive check-ins of a training trajectory), for ``j`` among the ``candidates``
-  nearest places of ``i`` (public coordinates; ``i`` itself included).
+  nearest places of ``i`` (public coordinates; ``i`` itself included);
+* with ``day_blocks`` (the model's ``population_day_blocks``), ``block_visitors[l, b]``:
+  how many users checked in at ``l`` in block ``b`` of the day (local time,
+  :data:`~fedgeo.data.dataset.SLOT_HOURS` hours a block).
 
 The index space is public and the same for every client: ``L`` visitor slots, then
 ``L * candidates`` transition slots (``i * candidates + rank of j among i's
-neighbours``). A client counts each place and each transition once, however often it
-made it, and with a cap (``max_places``, ``max_transitions``) keeps its most frequent
-ones, so that one user moves any slot by at most 1 and the whole vector by at most
-``sqrt(max_places + max_transitions)`` in L2: the sensitivity of the DP noise.
+neighbours``), then with ``day_blocks`` ``L * blocks`` slots (``l * blocks + b``). A
+client counts each place, transition and (place, block) once, however often it made it,
+and with a cap (``max_places`` places and as many (place, block) pairs,
+``max_transitions``) keeps its most frequent ones, so that one user moves any slot by at
+most 1 and the whole vector by at most ``sqrt(max_places + max_transitions)`` in L2
+(``sqrt(2 max_places + max_transitions)`` with day blocks): the sensitivity of the DP
+noise.
 
 On the device the model reads the population minus the user's own contribution ("what
 others do", :meth:`PopulationPrior.rows_without`), in training and evaluation alike, so
@@ -31,7 +37,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fedgeo.data.dataset import Places, UserData
+from fedgeo.data.dataset import BLOCKS_PER_DAY, Places, UserData, day_block
 from fedgeo.secure_sum import DEFAULT_NEIGHBOURS
 
 DEFAULT_CANDIDATES = 50
@@ -91,10 +97,11 @@ class PopulationConfig:
                 f"(0, 1), got {self.dp_delta!r}"
             )
 
-    @property
-    def sensitivity(self) -> float:
-        """L2 norm bound of one user's vector."""
-        return math.sqrt(self.max_places + self.max_transitions)
+    def sensitivity(self, day_blocks: bool = False) -> float:
+        """L2 norm bound of one user's vector (``day_blocks``: with the (place, block of
+        the day) slots, capped at ``max_places`` pairs)."""
+        places = self.max_places * (2 if day_blocks else 1)
+        return math.sqrt(places + self.max_transitions)
 
     def releases(self, num_rounds: int) -> int:
         """How many times a run of ``num_rounds`` rounds builds the prior."""
@@ -106,12 +113,13 @@ class PopulationConfig:
         """The rounds before which the prior is (re)built."""
         return [1 + i * self.refresh for i in range(self.releases(num_rounds))]
 
-    def noise_std(self, releases: int = 1) -> float:
+    def noise_std(self, releases: int = 1, day_blocks: bool = False) -> float:
         """Std of the Gaussian noise on every summed slot (0 without DP), for
-        ``releases`` releases together."""
+        ``releases`` releases together (``day_blocks``: of the index space with them)."""
         if self.dp_epsilon == 0:
             return 0.0
-        return gaussian_sigma(self.dp_epsilon, self.dp_delta, self.sensitivity, releases)
+        sensitivity = self.sensitivity(day_blocks)
+        return gaussian_sigma(self.dp_epsilon, self.dp_delta, sensitivity, releases)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,9 +153,12 @@ def spent_epsilon(sigma: float, delta: float, sensitivity: float, releases: int)
 
 
 class CandidateIndex:
-    """The public slots: ``L`` visitor slots, then ``candidates`` transition slots per place."""
+    """The public slots: ``L`` visitor slots, then ``candidates`` transition slots per
+    place, then (``day_blocks``) one slot per place and block of the day."""
 
-    def __init__(self, places: Places, candidates: int = DEFAULT_CANDIDATES) -> None:
+    def __init__(
+        self, places: Places, candidates: int = DEFAULT_CANDIDATES, day_blocks: bool = False
+    ) -> None:
         from fedgeo.geo.prior import nearest_places
 
         n = len(places)
@@ -161,10 +172,18 @@ class CandidateIndex:
         order = np.argsort(keys, kind="stable")
         self._sorted_keys = keys[order]
         self._slot_of_sorted = order
+        self.day_blocks = bool(day_blocks)
+        self.blocks = BLOCKS_PER_DAY if day_blocks else 0
+        """Blocks of the day with their own visitor slots (0 without day blocks)."""
+
+    @property
+    def block_offset(self) -> int:
+        """The first (place, block of the day) slot."""
+        return self.num_places * (1 + self.candidates)
 
     @property
     def length(self) -> int:
-        return self.num_places * (1 + self.candidates)
+        return self.block_offset + self.num_places * self.blocks
 
     def transition_slots(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """Slot of each transition ``src -> dst`` (offset by ``L``), -1 when ``dst`` is
@@ -186,13 +205,19 @@ def _top(keys: np.ndarray, cap: int) -> np.ndarray:
 
 
 def user_items(user: UserData, index: CandidateIndex, config: PopulationConfig):
-    """The slots a user contributes (sorted): its capped visited places and its capped
-    distinct candidate transitions, from its training range only."""
+    """The slots a user contributes (sorted): its capped visited places, its capped
+    distinct candidate transitions and, with day blocks, its capped distinct (place,
+    block of the day) pairs, from its training range only."""
     end = int(user.train.max()) + 1 if len(user.train) else 0
     places = _top(user.places[:end], config.max_places)
     slots = index.transition_slots(user.places[user.train - 1], user.places[user.train])
     transitions = _top(slots[slots >= 0], config.max_transitions)
-    return np.concatenate([places, transitions]).astype(np.int64)
+    items = [places, transitions]
+    if index.blocks:
+        blocks = day_block(user.local_times()[:end])
+        pairs = _top(user.places[:end] * index.blocks + blocks, config.max_places)
+        items.append(index.block_offset + pairs)
+    return np.concatenate(items).astype(np.int64)
 
 
 def contribution(user: UserData, index: CandidateIndex, config: PopulationConfig) -> np.ndarray:
@@ -227,10 +252,27 @@ def check_contribution(vector: Any, length: int, who: str = "a client") -> np.nd
 class PopulationPrior:
     """Summed (possibly noisy) population counts, stored sparse."""
 
-    def __init__(self, visitors: np.ndarray, transitions: sp.csr_matrix, contributors: int) -> None:
+    def __init__(
+        self,
+        visitors: np.ndarray,
+        transitions: sp.csr_matrix,
+        contributors: int,
+        block_visitors: np.ndarray | None = None,
+    ) -> None:
         self.visitors = np.asarray(visitors, dtype=np.float32)
         self.transitions = sp.csr_matrix(transitions, dtype=np.float32)
         self.contributors = int(contributors)
+        self.block_visitors = (
+            None if block_visitors is None else np.asarray(block_visitors, dtype=np.float32)
+        )
+        """``(L, blocks)`` users per place and block of the day, or None without them."""
+        if self.block_visitors is not None and (
+            self.block_visitors.ndim != 2 or len(self.block_visitors) != len(self.visitors)
+        ):
+            raise ValueError(
+                f"population prior: block_visitors has shape {self.block_visitors.shape}, "
+                f"expected ({len(self.visitors)}, blocks)"
+            )
 
     @property
     def num_places(self) -> int:
@@ -250,23 +292,27 @@ class PopulationPrior:
         counts = np.where(total >= threshold, np.rint(total), 0.0)
         n = index.num_places
         visitors = counts[:n]
-        trans = counts[n:].reshape(n, index.candidates)
+        trans = counts[n : index.block_offset].reshape(n, index.candidates)
         rows, cols = np.nonzero(trans)
         matrix = sp.csr_matrix(
             (trans[rows, cols], (rows, index.neighbours[rows, cols])), shape=(n, n)
         )
-        return cls(visitors, matrix, contributors)
+        blocks = counts[index.block_offset :].reshape(n, index.blocks) if index.blocks else None
+        return cls(visitors, matrix, contributors, blocks)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (for messages and files)."""
         t = self.transitions
-        return {
+        arrays = {
             "visitors": self.visitors,
             "indptr": t.indptr.astype(np.int64),
             "indices": t.indices.astype(np.int64),
             "data": t.data.astype(np.float32),
             "contributors": np.array([self.contributors], dtype=np.int64),
         }
+        if self.block_visitors is not None:
+            arrays["block_visitors"] = self.block_visitors
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> PopulationPrior:
@@ -281,7 +327,8 @@ class PopulationPrior:
             matrix.check_format(full_check=True)
         except ValueError as err:
             raise ValueError(f"population prior arrays are inconsistent: {err}") from err
-        return cls(arrays["visitors"], matrix, int(np.asarray(arrays["contributors"]).ravel()[0]))
+        contributors = int(np.asarray(arrays["contributors"]).ravel()[0])
+        return cls(arrays["visitors"], matrix, contributors, arrays.get("block_visitors"))
 
 
 def plain_sum(users: list[UserData], index: CandidateIndex, config: PopulationConfig) -> np.ndarray:
@@ -306,16 +353,29 @@ class PopulationFeatures:
         self.prior = prior
         n = prior.num_places
         self.num_places = n
-        keys_places, keys_trans = [], []
+        self.blocks = index.blocks
+        if self.blocks and prior.block_visitors is None:
+            raise ValueError("the index counts blocks of the day but the prior has none")
+        keys_places, keys_trans, keys_blocks = [], [], []
         for u, user in enumerate(users):
             items = user_items(user, index, config)
             places = items[items < n]
-            slots = items[items >= n] - n
+            slots = items[(items >= n) & (items < index.block_offset)] - n
             src, rank = slots // index.candidates, slots % index.candidates
             keys_places.append(u * n + places)
             keys_trans.append((u * n + src) * n + index.neighbours[src, rank])
-        self._own_places = np.sort(np.concatenate(keys_places)) if users else np.zeros(0, np.int64)
-        self._own_trans = np.sort(np.concatenate(keys_trans)) if users else np.zeros(0, np.int64)
+            # (user, block, place): one block's places of a user are one contiguous range
+            pairs = items[items >= index.block_offset] - index.block_offset
+            if self.blocks:
+                place, block = pairs // self.blocks, pairs % self.blocks
+                keys_blocks.append((u * self.blocks + block) * n + place)
+
+        def sorted_keys(keys: list[np.ndarray]) -> np.ndarray:
+            return np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+
+        self._own_places = sorted_keys(keys_places)
+        self._own_trans = sorted_keys(keys_trans)
+        self._own_blocks = sorted_keys(keys_blocks)
 
     def rows(self, users: np.ndarray, last_place: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(transitions, visitors)``, each ``(B, L)`` float32 ``log(1 + count)`` of the
@@ -332,6 +392,17 @@ class PopulationFeatures:
             np.log1p(np.maximum(trans, 0.0)).astype(np.float32),
             np.log1p(np.maximum(visitors, 0.0)).astype(np.float32),
         )
+
+    def block_rows(self, users: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        """``(B, L)`` float32 ``log(1 + count)`` of the other users who checked in at each
+        place in the sample's block of the day (``blocks``, the target's)."""
+        if not self.blocks or self.prior.block_visitors is None:
+            raise ValueError("this population prior has no visitors by block of the day")
+        n = self.num_places
+        counts = self.prior.block_visitors[:, blocks].T.copy()
+        rows, cols = _ranges(self._own_blocks, (users * self.blocks + blocks) * n, n)
+        counts[rows, cols] -= 1.0
+        return np.log1p(np.maximum(counts, 0.0)).astype(np.float32)
 
 
 def _ranges(sorted_keys: np.ndarray, starts: np.ndarray, width: int):

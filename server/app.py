@@ -83,7 +83,9 @@ def prepare(config: RunConfig) -> Setup:
     }
     setup = Setup(config, arrays, instruction, describe=describe)
     if model_config.population_prior:
-        setup.population_index = CandidateIndex(places, config.population.candidates)
+        setup.population_index = CandidateIndex(
+            places, config.population.candidates, model_config.population_day_blocks
+        )
         instruction[POPULATION_CONFIG] = json.dumps(config.population.to_dict(), sort_keys=True)
         describe["population"] = {"config": config.population.to_dict(), "releases": []}
     if dataset is not None:
@@ -126,9 +128,7 @@ def make_federation(
 ) -> Federation:
     """A federation on ``grid`` for ``config``, ready to run (or to step through, see
     :func:`server.loop.run_interleaved`)."""
-    return Federation(
-        grid, prepare(config), on_round=on_round, stop=stop, on_progress=on_progress
-    )
+    return Federation(grid, prepare(config), on_round=on_round, stop=stop, on_progress=on_progress)
 
 
 def make_server_app(

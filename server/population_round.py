@@ -59,7 +59,7 @@ def build_release(
     """One release of the population prior from ``nodes`` (stable ids). Returns the prior
     (None when no sum could be formed) and what happened (counts, seconds, epsilon)."""
     t0 = time.perf_counter()
-    sigma = settings.noise_std(releases)
+    sigma = settings.noise_std(releases, index.day_blocks)
     base = {
         **instruction,
         POPULATION_CONFIG: _json(settings),

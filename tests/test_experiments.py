@@ -571,6 +571,58 @@ def test_newplace_screen_own_place_features_read_the_users_past_only() -> None:
     )
 
 
+def test_newplace_screen_time_and_scale_features_follow_their_definitions() -> None:
+    """Visitors at the target's block of the day count the other users only; the usual
+    move is the median of the user's past moves; the distance's decay is scaled by the
+    log hours since the last check-in; ``late_half`` keeps the later targets only."""
+    from experiments.newplace_screen import (
+        FEATURES,
+        SLOT_HOURS,
+        new_place_samples,
+        population_counts,
+        ranking_features,
+    )
+    from fedgeo.data.dataset import Dataset, Places
+
+    places = Places(ids=np.arange(6), latitude=np.zeros(6), longitude=np.arange(6) * 0.01)
+    # hourly check-ins: user 0's target 4 (position 4) is at the same hour of the day as
+    # nobody else's check-in but user 2's place 5, checked in SLOT_HOURS * k hours apart
+    users = [
+        hand_made_user([0, 1, 2, 0, 4], [1, 2], [3, 4]),
+        hand_made_user([5, 3, 4], [1, 2], []),
+        hand_made_user([5, 3, 1], [1, 2], []),
+    ]
+    dataset = Dataset(places, users)
+    counts = population_counts(dataset)
+    samples = new_place_samples(dataset, "validation")
+    np.testing.assert_array_equal(samples.target, [4])
+    np.testing.assert_allclose(samples.gap_hours, [1.0])
+    step = samples.d_last[0, 1]  # about 1.1 km between neighbours
+    # user 0's moves before the target: 0->1, 1->2, 2->0: 1, 1 and 2 steps, median 1 step
+    np.testing.assert_allclose(samples.usual_km, [step], rtol=1e-4)
+    features = ranking_features(samples, dataset, counts)
+    column = {name: i for i, name in enumerate(FEATURES)}
+    block = int(samples.day_block[0])
+    others_here = np.zeros(6)
+    for other in users[1:]:  # every check-in of users 1 and 2 is in their training prefix
+        hours = (other.local_times() // 3600) % 24 // SLOT_HOURS
+        others_here[np.unique(other.places[hours == block])] += 1
+    np.testing.assert_allclose(
+        features[0, :, column["visitors at this time of day"]], np.log1p(others_here)
+    )
+    np.testing.assert_allclose(
+        features[0, :, column["-km / the user's usual move"]], -samples.d_last[0] / step, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        features[0, :, column["-log km x log hours since the last check-in"]],
+        -np.log(samples.d_last[0] + 0.05) * np.log(2.0),
+        rtol=1e-5,
+    )
+    # late_half keeps training targets in the later half of each user's training range
+    late = new_place_samples(dataset, "train", late_half=True)
+    assert all(p == 2 for p in late.position)
+
+
 def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets() -> None:
     """Fitted by maximum likelihood over the unvisited places, the logit puts a positive
     weight on a feature that marks each target and then ranks the targets first."""
@@ -589,9 +641,19 @@ def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets
     visited[:, 0] = True
     features = rng.normal(size=(n, num_places, len(FEATURES))).astype(np.float32)
     features[np.arange(n), target, 0] += 5.0
-    zeros = np.zeros((n, num_places))
+    zeros, per_sample = np.zeros((n, num_places)), np.ones(n)
     samples = NewPlaceSamples(
-        zeros, zeros, visited, target, np.zeros(n, int), np.ones(n, int), zeros, zeros
+        zeros,
+        zeros,
+        visited,
+        target,
+        np.zeros(n, int),
+        np.ones(n, int),
+        zeros,
+        zeros,
+        np.zeros(n, int),
+        per_sample,
+        per_sample,
     )
     weights, mean, std = fit_conditional_logit(features, samples, (FEATURES[0],))
     assert weights[0] > 0 and not weights[1:].any()

@@ -95,6 +95,55 @@ def test_features_read_what_the_other_users_do(city):
     np.testing.assert_allclose(np.expm1(visitors[1]), [2, 2, 1, 0], atol=1e-6)
 
 
+def day_block_prior(city, **settings):
+    config = PopulationConfig(candidates=4, **settings)
+    index = CandidateIndex(city.places, 4, day_blocks=True)
+    prior = PopulationPrior.from_sum(plain_sum(city.users, index, config), index, 3)
+    return config, index, prior
+
+
+def test_day_blocks_count_users_per_place_and_block_of_the_day(city):
+    # Check-ins at 13h, 14h, 15h and 16h: blocks 3 (12-16h) and 4 (16-20h).
+    config, index, prior = day_block_prior(city)
+    assert index.length == 4 * (1 + 4) + 4 * 6
+    expected = np.zeros((4, 6))
+    expected[:, 3] = [2, 2, 2, 1]  # a and b at 0 and 1, a and c at 2, c at 3
+    expected[1, 4] = 1  # a's last check-in, at place 1 at 16h
+    np.testing.assert_array_equal(prior.block_visitors, expected)
+    # The visitors and transitions are those without day blocks.
+    plain_index = CandidateIndex(city.places, 4)
+    plain = PopulationPrior.from_sum(plain_sum(city.users, plain_index, config), plain_index, 3)
+    np.testing.assert_array_equal(prior.visitors, plain.visitors)
+    assert (prior.transitions != plain.transitions).nnz == 0
+    assert plain.block_visitors is None
+    # A user counts a (place, block) once, up to max_places pairs, the most frequent
+    # first: a's four pairs are made once each, so the tie goes to the smallest key.
+    capped = contribution(city.users[0], index, PopulationConfig(candidates=4, max_places=1))
+    assert capped[index.block_offset :].sum() == 1
+    assert capped[index.block_offset + 0 * 6 + 3] == 1  # (place 0, block 3)
+    # They travel with the prior.
+    again = PopulationPrior.from_arrays(prior.to_arrays())
+    np.testing.assert_array_equal(again.block_visitors, expected)
+
+
+def test_day_block_features_read_what_the_other_users_do_at_that_time(city):
+    config, index, prior = day_block_prior(city)
+    features = PopulationFeatures(prior, index, config, city.users)
+    rows = np.expm1(features.block_rows(np.array([0, 2, 0, 1]), np.array([3, 3, 4, 4])))
+    np.testing.assert_allclose(rows[0], [1, 1, 1, 1], atol=1e-6)  # a at 12-16h: b and c
+    np.testing.assert_allclose(rows[1], [2, 2, 1, 0], atol=1e-6)  # c at 12-16h: a and b
+    np.testing.assert_allclose(rows[2], [0, 0, 0, 0], atol=1e-6)  # a's own 16h visit is out
+    np.testing.assert_allclose(rows[3], [0, 1, 0, 0], atol=1e-6)  # b sees a's 16h visit
+
+
+def test_day_blocks_widen_the_dp_sensitivity_by_the_pair_cap():
+    config = PopulationConfig(max_places=64, max_transitions=64, dp_epsilon=1.0)
+    assert config.sensitivity() == pytest.approx(math.sqrt(128))
+    assert config.sensitivity(day_blocks=True) == pytest.approx(math.sqrt(192))
+    ratio = config.noise_std(day_blocks=True) / config.noise_std()
+    assert ratio == pytest.approx(math.sqrt(192 / 128))
+
+
 @pytest.mark.parametrize(
     ("vector", "message"),
     [
@@ -170,6 +219,38 @@ def test_the_model_uses_the_population_scores_only_when_switched_on(city):
         assert not torch.allclose(model_on(batch_on), model_off(batch_off))
     assert "population_gate.bias" in model_on.shared_state()
     assert ModelConfig.from_dict({}).population_prior is False  # older stored configs
+
+
+def test_the_model_adds_day_block_scores_only_when_switched_on(city):
+    config, index, prior = day_block_prior(city)
+    population = PopulationFeatures(prior, index, config, city.users)
+    samples = SampleIndex(city.users)
+    users, positions = samples.samples("train")
+    on, off = (
+        ModelConfig(
+            embedding_dim=8,
+            hidden_dim=8,
+            window=4,
+            population_prior=True,
+            population_day_blocks=flag,
+            history_scores=False,
+        ).without_prior()
+        for flag in (True, False)
+    )
+    model_on, features_on = build_model(4, 3, on, seed=0, population=population)
+    model_off, features_off = build_model(4, 3, off, seed=0, population=population)
+    batch_on = features_on.build(samples, users, positions)
+    batch_off = features_off.build(samples, users, positions)
+    assert batch_on["population"].shape[1] == 6 and batch_off["population"].shape[1] == 4
+    assert model_on.population_gate.out_features == 6
+    model_on.eval()
+    model_off.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model_on(batch_on), model_off(batch_off))  # gates at zero
+        model_on.population_gate.bias[4:].fill_(1.0)  # the two day-block scores alone
+        assert not torch.allclose(model_on(batch_on), model_off(batch_off))
+    with pytest.raises(ValueError, match="model-population-prior"):
+        ModelConfig(population_day_blocks=True)
 
 
 # --- one release through the client and server code --------------------------------------
@@ -304,6 +385,30 @@ def test_a_stage_without_setup_is_an_error_reply_not_a_crash(tiny_setup):
     message = Message(content, 1, "query.population")
     reply = handle_population(message, Context(0, 1, {"partition-id": 0}, RecordDict(), {}))
     assert reply.has_error() and "before this client's setup" in reply.error.reason
+
+
+def test_a_secure_release_with_day_blocks_equals_the_plain_sum(tiny_setup):
+    config, _, dataset = tiny_setup
+    values = {**config.values, "model-population-day-blocks": True}
+    with_blocks = RunConfig.from_mapping(values)
+    setup = prepare(with_blocks)
+    assert setup.population_index.blocks == 6
+    nodes = list(range(1, len(dataset.users) + 1))
+    prior, info = build_release(
+        InProcessNodes(setup.instruction, nodes),
+        nodes,
+        with_blocks.population,
+        setup.population_index,
+        setup.instruction,
+        release=1,
+        releases=1,
+        seed=0,
+    )
+    expected = expected_prior(list(dataset.users), setup, with_blocks.population)
+    assert info["contributors"] == len(dataset.users)
+    assert_same_prior(prior, expected)
+    np.testing.assert_array_equal(prior.block_visitors, expected.block_visitors)
+    assert prior.block_visitors.sum() > 0
 
 
 def test_dp_noise_changes_the_release_and_is_recorded(tiny_setup):

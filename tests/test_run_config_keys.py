@@ -153,6 +153,7 @@ NEEDS: dict[str, dict[str, Any]] = {
     "dp-delta": {"strategy": "fedavg", "dp": "server"},
     "time-unit": {"data-path": "checkins.csv"},
     "data-format": {"data-path": "checkins.csv"},
+    "model-population-day-blocks": {"model-population-prior": True},
 }
 """Other settings a key needs to be valid or visible."""
 

@@ -128,6 +128,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="score places by what other users do (population prior, docs/model.md)",
     )
     group.add_argument(
+        "--population-day-blocks",
+        action="store_true",
+        help="with --population-prior: also score places by the other users who checked in"
+        " there at the target's time of day (4-hour blocks)",
+    )
+    group.add_argument(
         "--population-candidates",
         type=positive_int,
         default=None,
@@ -181,6 +187,7 @@ def model_config_from_args(args: argparse.Namespace):
         personal_memory=not args.no_personal_memory,
         user_embedding=not args.no_user_embedding,
         population_prior=bool(args.population_prior),
+        population_day_blocks=bool(args.population_day_blocks),
     )
     return cfg.without_prior() if args.no_prior else cfg
 

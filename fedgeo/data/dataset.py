@@ -13,6 +13,17 @@ from typing import Any
 
 import numpy as np
 
+SLOT_HOURS = 4
+"""Hours in a block of the day: the personal memory's ``slot`` score and the population
+prior's visitors by block of the day count check-ins in the target's block."""
+BLOCKS_PER_DAY = 24 // SLOT_HOURS
+
+
+def day_block(local_seconds: np.ndarray) -> np.ndarray:
+    """Block of the day (0 = from midnight, :data:`SLOT_HOURS` hours each) of local times
+    in seconds."""
+    return (np.asarray(local_seconds, dtype=np.int64) // 3600) % 24 // SLOT_HOURS
+
 
 @dataclass(frozen=True)
 class Places:

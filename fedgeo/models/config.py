@@ -103,6 +103,12 @@ class ModelConfig:
     it, each split into places the user has and has not visited. The gates start at zero,
     so the untrained model is unchanged; the counts come from federated analytics."""
 
+    population_day_blocks: bool = False
+    """With ``population_prior``: also count, by federated analytics, the users who
+    checked in at each place in each 4-hour block of the day, and add two context-gated
+    scores (starting at zero): how many *other* users checked in at each place in the
+    target's block, on places the user has and has not visited."""
+
     window_pointer: bool = False
     """Add context-gated scores for the places in the recent window the encoder reads:
     ``log(1 + count in the window)`` and ``0.8^age`` of the latest visit there (a copy
@@ -148,6 +154,11 @@ class ModelConfig:
             )
         if not self.personal_memory:  # the history scores read the personal memory
             self.history_scores = False
+        if self.population_day_blocks and not self.population_prior:
+            raise ValueError(
+                "model option population_day_blocks (run-config model-population-day-blocks) "
+                "needs population_prior (run-config model-population-prior = true)"
+            )
         if self.training_memory == "leave-one-out" and self.memory_limit > 0:
             raise ValueError(
                 "model option training_memory 'leave-one-out' needs memory_limit 0 (all)"

@@ -28,18 +28,20 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from fedgeo.data.dataset import UserData
+from fedgeo.data.dataset import UserData, day_block
 from fedgeo.geo.prior import EARTH_RADIUS_KM
 from fedgeo.models.config import COORDINATE_MODELS, ModelConfig
 from fedgeo.population import PopulationFeatures
 
 HOURS_PER_WEEK = 168
-SLOT_HOURS = 4
 RECENCY_DECAY = 0.8
 MEMORY_FEATURES = ("freq", "trans", "slot", "recency")
 POPULATION_FEATURES = ("trans-visited", "trans-new", "visitors-visited", "visitors-new")
 """The population scores: others' transitions out of the last place and others' visits,
 each on the places the user has visited and on the others."""
+DAY_BLOCK_FEATURES = ("block-visitors-visited", "block-visitors-new")
+"""With ``ModelConfig.population_day_blocks``: others who checked in at each place in the
+target's block of the day, on visited and on new places."""
 HISTORY_FEATURES = (
     "weekday", "time-of-day", "hours-since", "checkins-since", "second-order",
     "km-visited", "km-new",
@@ -99,7 +101,7 @@ class SampleIndex:
             local = np.zeros(0, np.int64)
             self.times = np.zeros(0, np.int64)
         self.hour_of_week = hour_of_week(local)
-        self.day_slot = (self.hour_of_week % 24) // SLOT_HOURS
+        self.day_slot = day_block(local)
         self.train_end = np.array(
             [int(u.train.max()) + 1 if len(u.train) else 0 for u in self.users], dtype=np.int64
         )
@@ -229,9 +231,11 @@ class FeatureBuilder:
             else:
                 seen = np.zeros_like(trans)
             new = 1.0 - seen
-            out["population"] = torch.from_numpy(
-                np.stack([trans * seen, trans * new, visitors * seen, visitors * new], axis=1)
-            )
+            scores = [trans * seen, trans * new, visitors * seen, visitors * new]
+            if cfg.population_day_blocks:
+                here = self.population.block_rows(users, index.day_slot[flat_target])
+                scores += [here * seen, here * new]
+            out["population"] = torch.from_numpy(np.stack(scores, axis=1))
         if self.prior_rows is not None:
             out["prior_row"] = torch.from_numpy(self.prior_rows[last_place].toarray())
         assert out["target"].shape[0] == batch

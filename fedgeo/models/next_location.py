@@ -28,6 +28,7 @@ from torch import nn
 from fedgeo.models.config import ModelConfig
 from fedgeo.models.encoders import build_encoder
 from fedgeo.models.features import (
+    DAY_BLOCK_FEATURES,
     FREQ,
     HISTORY_FEATURES,
     HOURS_PER_WEEK,
@@ -106,7 +107,10 @@ class NextLocationModel(nn.Module):
             nn.init.zeros_(self.prior_gate.weight)
             nn.init.constant_(self.prior_gate.bias, cfg.prior_gate_bias)
         if cfg.population_prior:
-            self.population_gate = nn.Linear(gate_in, len(POPULATION_FEATURES))
+            scores = len(POPULATION_FEATURES) + (
+                len(DAY_BLOCK_FEATURES) if cfg.population_day_blocks else 0
+            )
+            self.population_gate = nn.Linear(gate_in, scores)
             nn.init.zeros_(self.population_gate.weight)
             nn.init.zeros_(self.population_gate.bias)
         if cfg.history_scores:
