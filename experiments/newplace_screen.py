@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedgeo.data.dataset import SLOT_HOURS, Dataset, UserData, day_block  # noqa: E402
 from fedgeo.data.loading import load_dataset  # noqa: E402
 from fedgeo.data.stats import EARTH_RADIUS_KM  # noqa: E402
+from fedgeo.models.features import haversine_km  # noqa: E402
 
 GRID = {
     "a": (0.0, 0.5, 1.0, 1.5, 2.0),
@@ -167,12 +168,7 @@ def usual_move_km(coords: np.ndarray, places: np.ndarray) -> float:
     recent = places[-(USUAL_MOVES + 1) :]
     if len(recent) < 2:
         return MIN_USUAL_KM
-    a, b = coords[recent[:-1]], coords[recent[1:]]
-    hav = (
-        np.sin((b[:, 0] - a[:, 0]) / 2) ** 2
-        + np.cos(a[:, 0]) * np.cos(b[:, 0]) * np.sin((b[:, 1] - a[:, 1]) / 2) ** 2
-    )
-    km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(hav, 0.0, 1.0)))
+    km = haversine_km(coords[recent[:-1]], coords[recent[1:]])
     return max(float(np.median(km)), MIN_USUAL_KM)
 
 
