@@ -210,7 +210,8 @@ def with_population(
             f"{len(source.data.places)}"
         )
     settings = population_config(config)
-    index = candidate_index(source, settings.candidates, counts_day_blocks(config))
+    day_blocks = features.config.population_day_blocks  # the model that reads the prior
+    index = candidate_index(source, settings.candidates, day_blocks)
     out = copy.copy(features)
     out.population = PopulationFeatures(prior, index, settings, [source.data.user])
     return out

@@ -45,7 +45,12 @@ from sklearn.metrics.pairwise import haversine_distances
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedgeo.data.dataset import SLOT_HOURS, Dataset, UserData, day_block  # noqa: E402
+from fedgeo.data.dataset import (  # noqa: E402
+    BLOCKS_PER_DAY,
+    Dataset,
+    UserData,
+    day_block,
+)
 from fedgeo.data.loading import load_dataset  # noqa: E402
 from fedgeo.data.stats import EARTH_RADIUS_KM  # noqa: E402
 from fedgeo.models.features import haversine_km  # noqa: E402
@@ -86,7 +91,7 @@ own history before the sample: ``-log(0.05 + min_v d(v, l))`` over the places ``
 visited, and ``log`` of the Gaussian kernel density of its check-ins at ``l``,
 ``sum_v n_v exp(-d(v, l)^2 / (2 h^2)) / sum_v n_v`` with ``h`` = :data:`OWN_DENSITY_KM`.
 The time and scale features: ``log(1 + S[l, b])``, the other users who checked in at ``l``
-in block ``b`` of the day (:data:`SLOT_HOURS` hours, local time) of the target;
+in block ``b`` of the day (``fedgeo.data.dataset.SLOT_HOURS`` hours, local time) of the target;
 ``-d(last, l) / m`` with ``m`` the median km of the user's last :data:`USUAL_MOVES` moves
 before the sample (at least :data:`MIN_USUAL_KM`); and ``-log(d(last, l) + 0.05) *
 log(1 + hours since the last check-in)``, which lets the distance decay flatten when the
@@ -309,7 +314,7 @@ def population_counts(dataset: Dataset) -> PopulationCounts:
     """Co-visitor, transition and visitor counts of every user's training prefix."""
     num_places, num_users = dataset.num_places, len(dataset.users)
     rows, cols, moves = [np.empty(0, np.int64)], [np.empty(0, np.int64)], []
-    blocks = 24 // SLOT_HOURS
+    blocks = BLOCKS_PER_DAY
     block_visitors, own_blocks = np.zeros(num_places * blocks), []
     for u, user in enumerate(dataset.users):
         end = int(user.train.max()) + 1 if len(user.train) else 0

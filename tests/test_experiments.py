@@ -577,12 +577,11 @@ def test_newplace_screen_time_and_scale_features_follow_their_definitions() -> N
     log hours since the last check-in; ``late_half`` keeps the later targets only."""
     from experiments.newplace_screen import (
         FEATURES,
-        SLOT_HOURS,
         new_place_samples,
         population_counts,
         ranking_features,
     )
-    from fedgeo.data.dataset import Dataset, Places
+    from fedgeo.data.dataset import SLOT_HOURS, Dataset, Places
 
     places = Places(ids=np.arange(6), latitude=np.zeros(6), longitude=np.arange(6) * 0.01)
     # hourly check-ins: user 0's target 4 (position 4) is at the same hour of the day as
