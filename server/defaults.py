@@ -112,6 +112,7 @@ GENERAL: dict[str, Scalar] = {
     "fedgeo-median-tol": 1e-6,
     "fedgeo-weighting": "examples",
     "fedgeo-dynamic-alpha": 0.0,
+    "fedgeo-control-variates": False,
     # local training (sent to the clients in every train instruction)
     "local-epochs": 1,
     "batch-size": 64,

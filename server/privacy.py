@@ -121,6 +121,13 @@ def check_strategy(strategy: Strategy) -> None:
                 "one user can move the geometric median or the drift-weighted mean by up to "
                 "2C, m times more (docs/privacy.md)"
             )
+        if strategy.dynamic_alpha > 0 or strategy.control_variates:
+            raise ValueError(
+                "dp is not supported with fedgeo-dynamic-alpha > 0 or "
+                "fedgeo-control-variates = true: the server would keep state built from the "
+                "un-noised updates (FedDyn's h) or receive un-clipped control variates "
+                "(docs/privacy.md)"
+            )
         return
     if isinstance(strategy, FedAvg) and type(strategy).aggregate_train is FedAvg.aggregate_train:
         return

@@ -5,8 +5,9 @@ Two starts of the simulation engine: the first runs each strategy 4 rounds strai
 rounds with a test curve, and 2 rounds into a third folder, and FedAvg validated every
 round, once to the end and once stopping early; the second (fresh Flower node ids, fresh
 client processes) resumes the 2-round runs to 4 rounds and the early-stopped run to 6.
-The clients keep their state in files (``client-state-dir``), so even SCAFFOLD (control
-variates) and the personal user embeddings continue exactly.
+The clients keep their state in files (``client-state-dir``), so even the control variates
+(SCAFFOLD; FedGeo with ``fedgeo-control-variates``) and the personal user embeddings
+continue exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ TINY = {
     "eval-every": 2,
     "seed": 3,
 }
-STRATEGIES = ("fedavg", "fedgeo", "scaffold")
+STRATEGIES = {
+    "fedavg": {"strategy": "fedavg"},
+    "fedgeo": {"strategy": "fedgeo"},
+    "scaffold": {"strategy": "scaffold"},
+    "fedgeo-control-variates": {"strategy": "fedgeo", "fedgeo-control-variates": True},
+}
+"""Each run's name and its strategy settings."""
 
 
 def tiny(out: Path, **overrides) -> dict:
@@ -43,13 +50,15 @@ def tiny(out: Path, **overrides) -> dict:
 def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     root = tmp_path_factory.mktemp("resume")
     straight = {
-        n: tiny(root / f"{n}-straight", strategy=n, **{"num-rounds": 4}) for n in STRATEGIES
+        n: tiny(root / f"{n}-straight", **v, **{"num-rounds": 4}) for n, v in STRATEGIES.items()
     }
     curves = {
-        n: tiny(root / f"{n}-curve", strategy=n, **{"num-rounds": 4, "test-every": 1})
-        for n in STRATEGIES
+        n: tiny(root / f"{n}-curve", **v, **{"num-rounds": 4, "test-every": 1})
+        for n, v in STRATEGIES.items()
     }
-    halves = {n: tiny(root / f"{n}-resumed", strategy=n, **{"num-rounds": 2}) for n in STRATEGIES}
+    halves = {
+        n: tiny(root / f"{n}-resumed", **v, **{"num-rounds": 2}) for n, v in STRATEGIES.items()
+    }
     validated = {"strategy": "fedavg", "num-rounds": 4, "eval-every": 1}
     every = tiny(root / "every-round", **validated, **{"test-every": 1})
     early = tiny(root / "early-stop", **validated, **{"early-stop-patience": 1})
@@ -124,6 +133,18 @@ def test_a_test_curve_leaves_the_run_unchanged(runs, name):
     samples = {p["samples"] for p in tested["test_curve"]}
     assert samples == {plain["test"]["samples"]}  # every node, every time
     assert len({p["mrr"] for p in tested["test_curve"]}) > 1  # the model changes
+
+
+def test_fedgeo_control_variates_change_the_training(runs):
+    """The clients correct their gradients with the control variates FedGeo sends."""
+    plain = load_checkpoint(Path(runs["fedgeo"][0]["out-dir"]))
+    corrected = load_checkpoint(Path(runs["fedgeo-control-variates"][0]["out-dir"]))
+    assert any(not np.array_equal(plain.arrays[k], corrected.arrays[k]) for k in plain.arrays)
+    state = pickle.loads(corrected.strategy_state)["state"]
+    control = pickle.loads(state["control"])
+    assert set(control) == set(corrected.arrays)
+    assert any(np.abs(c).max() > 0 for c in control.values())  # the clients' control changes
+    assert pickle.loads(pickle.loads(plain.strategy_state)["state"]["control"]) is None
 
 
 def test_checkpoint_is_written_atomically_and_reads_back(tmp_path):

@@ -185,6 +185,8 @@ def test_dp_wraps_mean_aggregating_strategies(name, extra, wrapper):
     [
         ("fedgeo", {}, "fedgeo-aggregation = 'mean'"),
         ("fedgeo", {"fedgeo-aggregation": "drift-weighted"}, "geometric median"),
+        ("fedgeo", {"fedgeo-aggregation": "mean", "fedgeo-dynamic-alpha": 0.01}, "dynamic"),
+        ("fedgeo", {"fedgeo-aggregation": "mean", "fedgeo-control-variates": True}, "control"),
         ("fedadam", {}, "FedAdam"),
         ("fedavgm", {}, "FedAvgM"),
         ("scaffold", {}, "Scaffold"),

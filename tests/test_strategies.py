@@ -376,6 +376,77 @@ def test_fedgeo_dynamic_correction_is_feddyn_around_its_aggregate() -> None:
     assert np.abs(h["emb"]).max() > 0
 
 
+def _replies_with_control(messages: list[Message], seed: int) -> list[Message]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in messages:
+        delta = arrays_record(emb=rng.normal(size=(5, 3)).astype(np.float32),
+                              bias=rng.normal(size=5).astype(np.float32))
+        arrays = {"emb": rng.normal(size=(5, 3)).astype(np.float32),
+                  "bias": rng.normal(size=5).astype(np.float32)}
+        extra = {CONTROL_DELTA: delta} if SERVER_CONTROL in m.content else {}
+        out.append(reply(m, arrays, int(rng.integers(1, 50)), **extra))
+    return out
+
+
+def test_fedgeo_control_variates_are_scaffold_around_its_aggregate() -> None:
+    """With the mean, uniform weights and no exclusion, FedGeo's control variates are
+    SCAFFOLD; with the geometric median the model is the plain median of the same
+    replies and ``c`` takes SCAFFOLD's step."""
+    grid = NodesGrid(range(10, 20))
+    init = arrays_record(emb=np.zeros((5, 3), np.float32), bias=np.zeros(5, np.float32))
+    off = ExclusionConfig(enabled=False)
+    strategies = {
+        "scaffold": Scaffold(fraction_train=0.5),
+        "mean": FedGeo(fraction_train=0.5, exclusion=off, aggregation="mean",
+                       weighting="uniform", control_variates=True),
+        "median": FedGeo(fraction_train=0.5, exclusion=off, control_variates=True),
+        "plain median": FedGeo(fraction_train=0.5, exclusion=off),
+    }
+    arrays = dict.fromkeys(strategies, init)
+    for server_round in (1, 2, 3):
+        new = {}
+        for name, strategy in strategies.items():
+            start = arrays["median"] if name == "plain median" else arrays[name]
+            seed_round(5, server_round)
+            sent = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))
+            if name == "median":
+                assert sent[0].content["config"][PROXIMAL_MU] == 0.0
+                sent_control = numpy_of(sent[0].content[SERVER_CONTROL])
+                for key, value in strategy.control.items():
+                    np.testing.assert_allclose(sent_control[key], value, atol=1e-6)
+            if name == "plain median":
+                assert SERVER_CONTROL not in sent[0].content
+            new[name], _ = strategy.aggregate_train(
+                server_round, _replies_with_control(sent, server_round)
+            )
+        for key in ("emb", "bias"):
+            np.testing.assert_allclose(new["mean"][key].numpy(), new["scaffold"][key].numpy(),
+                                       atol=1e-6)
+            for name in ("mean", "median"):
+                np.testing.assert_allclose(strategies[name].control[key],
+                                           strategies["scaffold"].control[key], atol=1e-7)
+            np.testing.assert_allclose(new["median"][key].numpy(),
+                                       new["plain median"][key].numpy(), atol=1e-6)
+        arrays = new
+    assert np.abs(strategies["median"].control["emb"]).max() > 0
+
+
+def test_fedgeo_control_variates_need_every_reply_to_carry_its_control_change() -> None:
+    grid = NodesGrid([1, 2])
+    strategy = FedGeo(control_variates=True, exclusion=ExclusionConfig(enabled=False))
+    sent = list(strategy.configure_train(1, arrays_record(w=np.zeros(2)), ConfigRecord(), grid))
+    with pytest.raises(InconsistentMessageReplies, match=CONTROL_DELTA):
+        strategy.aggregate_train(1, [reply(m, {"w": np.ones(2)}, 1) for m in sent])
+
+
+def test_fedgeo_takes_one_drift_correction_at_a_time() -> None:
+    with pytest.raises(ValueError, match="choose one"):
+        FedGeo(control_variates=True, dynamic_alpha=0.01)
+    strategy = build_strategy("fedgeo", {"fedgeo-control-variates": "true"}, seed=0)
+    assert isinstance(strategy, FedGeo) and strategy.control_variates
+
+
 def test_fedgeo_rejects_a_negative_dynamic_alpha() -> None:
     with pytest.raises(ValueError, match="dynamic_alpha"):
         FedGeo(dynamic_alpha=-1.0)

@@ -15,6 +15,11 @@ On top of FedAvg, three independent switches:
   (``"feddyn-alpha"`` in the config; its ``alpha/2`` term replaces the proximal one),
   and the server keeps FedDyn's ``h`` and moves the aggregate by ``-h / alpha``
   (docs/method.md, "Dynamic correction");
+* **control variates** (``control_variates``, off by default): SCAFFOLD's drift
+  correction under the chosen aggregate. Every instruction carries the server control
+  variate ``c`` (``"server-control"``), clients correct their gradients with ``c - c_i``
+  and reply their control change, and the server updates ``c`` as SCAFFOLD does
+  (docs/method.md, "Control variates");
 
 plus a server learning rate ``server_lr``: ``theta <- theta + server_lr * (agg - theta)``.
 With exclusion disabled, ``aggregation="mean"``, ``proximal_mu=0`` and ``server_lr=1``
@@ -51,8 +56,11 @@ from server.strategies.aggregation import (
     get_aggregator,
 )
 from server.strategies.contract import (
+    CONTROL_DELTA,
     FEDDYN_ALPHA,
     PROXIMAL_MU,
+    SERVER_CONTROL,
+    TrainReply,
     array_views,
     as_dtype,
     to_arrayrecord,
@@ -65,6 +73,7 @@ from server.strategies.exclusion import (
     sample_participants,
 )
 from server.strategies.feddyn import update_h
+from server.strategies.scaffold import control_delta, control_record, update_control
 
 WEIGHTINGS = ("examples", "uniform")
 """Names accepted by FedGeo's ``weighting``."""
@@ -99,6 +108,9 @@ class FedGeo(FedAvg):
         training examples, as FedAvg) or ``"uniform"`` (one client, one user, one vote).
     dynamic_alpha : float
         FedDyn's alpha for the dynamic correction (0 disables it).
+    control_variates : bool
+        SCAFFOLD's control variates under the chosen aggregate (exclusive with
+        ``dynamic_alpha``; the clients' correction replaces the proximal term).
 
     The defaults of FedGeo's own settings are the run config's
     (:data:`server.defaults.DEFAULTS`); the others are FedAvg's.
@@ -128,6 +140,7 @@ class FedGeo(FedAvg):
         median_eps: float = 1e-8,
         weighting: str = str(DEFAULTS["fedgeo-weighting"]),
         dynamic_alpha: float = float(DEFAULTS["fedgeo-dynamic-alpha"]),
+        control_variates: bool = bool(DEFAULTS["fedgeo-control-variates"]),
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -151,6 +164,10 @@ class FedGeo(FedAvg):
             raise ValueError(f"server_lr must be > 0, got {server_lr}")
         if not dynamic_alpha >= 0:
             raise ValueError(f"dynamic_alpha must be >= 0, got {dynamic_alpha}")
+        if control_variates and dynamic_alpha > 0:
+            raise ValueError(
+                "control_variates and dynamic_alpha > 0 are two drift corrections; choose one"
+            )
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         get_aggregator(aggregation, drift_scale=drift_scale)  # validates the settings early
@@ -167,6 +184,9 @@ class FedGeo(FedAvg):
         self.dynamic_alpha = float(dynamic_alpha)
         self.h: dict[str, np.ndarray] | None = None
         """The dynamic correction's state (FedDyn's ``h``; float64, zeros at the start)."""
+        self.control_variates = bool(control_variates)
+        self.control: dict[str, np.ndarray] | None = None
+        """The control variates' state (SCAFFOLD's ``c``; float64, zeros at the start)."""
         self.num_available_nodes = 0
         self.workspace = Workspace()
         """The geometric median's reusable matrix (scratch space, checkpointed empty)."""
@@ -186,6 +206,8 @@ class FedGeo(FedAvg):
         log(INFO, "\t│\t├── Exclusion: %s", self.exclusion)
         log(INFO, "\t│\t├── Aggregation: %s (%s weights)", self.aggregation, self.weighting)
         log(INFO, "\t│\t├── Proximal mu: %s", self.proximal_mu)
+        log(INFO, "\t│\t├── Dynamic alpha: %s", self.dynamic_alpha)
+        log(INFO, "\t│\t├── Control variates: %s", self.control_variates)
         log(INFO, "\t│\t└── Server learning rate: %s", self.server_lr)
         super().summary()
 
@@ -250,9 +272,15 @@ class FedGeo(FedAvg):
                 self.h = {
                     k: np.zeros(v.shape, dtype=np.float64) for k, v in self.current_arrays.items()
                 }
+        elif self.control_variates:
+            config[PROXIMAL_MU] = 0.0
+            self.num_available_nodes = len(available)
         else:
             config[PROXIMAL_MU] = self.proximal_mu
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        if self.control_variates:
+            self.control, control = control_record(self.control, self.current_arrays, "FedGeo")
+            record[SERVER_CONTROL] = control
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
     @staticmethod
@@ -266,9 +294,12 @@ class FedGeo(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate with the chosen aggregator; add drift diagnostics to the metrics."""
-        valid = valid_train_replies(self, replies)
+        extra_keys = (CONTROL_DELTA,) if self.control_variates else ()
+        valid = valid_train_replies(self, replies, extra_keys=extra_keys)
         if not valid:
             return None, None
+        if self.control_variates:
+            self._update_control(valid)
         contents = [r.content for r in valid]
         client_arrays = [array_views(r.arrays) for r in valid]  # read-only, no copies
         weights = [r.weight(self.weighted_by_key) for r in valid]
@@ -327,6 +358,16 @@ class FedGeo(FedAvg):
             metrics[key] = value
         self.current_arrays = aggregated
         return to_arrayrecord(aggregated), metrics
+
+    def _update_control(self, valid: list[TrainReply]) -> None:
+        """SCAFFOLD's step of ``c`` from the replies' control changes (uniform mean)."""
+        if self.control is None:
+            raise AggregationError(reason="FedGeo: configure_train was not called first")
+        deltas = [
+            control_delta(self.control, r.node_id, r.extras.get(CONTROL_DELTA), "FedGeo")
+            for r in valid
+        ]
+        update_control(self.control, deltas, self.num_available_nodes)
 
     def _dynamic_correction(
         self, aggregated: dict[str, np.ndarray], client_arrays: list[dict[str, np.ndarray]]

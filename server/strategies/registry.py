@@ -93,6 +93,7 @@ _FEDGEO_ONLY = (
     Param("fedgeo-median-tol", float, "Weiszfeld relative tolerance", "median_tol"),
     Param("fedgeo-weighting", str, "'examples' or 'uniform' weights", "weighting"),
     Param("fedgeo-dynamic-alpha", float, "FedDyn correction alpha (0: off)", "dynamic_alpha"),
+    Param("fedgeo-control-variates", bool, "SCAFFOLD control variates", "control_variates"),
     Param("proximal-mu", float, "proximal anchoring weight mu"),
     _SERVER_LR,
 )

@@ -16,7 +16,7 @@ the training metrics are still example-weighted like FedAvg's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO
 
 import numpy as np
@@ -34,6 +34,61 @@ from server.strategies.contract import (
     to_numpy,
     valid_train_replies,
 )
+
+
+def control_record(
+    control: dict[str, np.ndarray] | None, current: Mapping[str, np.ndarray], who: str
+) -> tuple[dict[str, np.ndarray], ArrayRecord]:
+    """The control variate ``c`` (float64 zeros the first time) and its ArrayRecord in the
+    dtypes of the global arrays ``current``, to send as ``"server-control"``. Used by
+    SCAFFOLD and by FedGeo's control variates (``who`` names the strategy in errors)."""
+    if control is None:
+        control = {k: np.zeros(v.shape, dtype=np.float64) for k, v in current.items()}
+    elif set(control) != set(current):
+        raise AggregationError(
+            reason=f"{who}: control keys {sorted(control)} differ from the global arrays "
+            f"{sorted(current)}"
+        )
+    record = to_arrayrecord(
+        {
+            k: control[k].astype(v.dtype if np.issubdtype(v.dtype, np.inexact) else "f4")
+            for k, v in current.items()
+        }
+    )
+    return control, record
+
+
+def control_delta(
+    control: Mapping[str, np.ndarray], node_id: int, record: object, who: str
+) -> dict[str, np.ndarray]:
+    """A reply's ``"control-delta"`` record as float64 arrays, checked against ``c``."""
+    if not isinstance(record, ArrayRecord):
+        raise InconsistentMessageReplies(
+            reason=f"{who}: reply from node {node_id} has no ArrayRecord '{CONTROL_DELTA}'"
+        )
+    delta = {k: v.astype(np.float64) for k, v in to_numpy(record).items()}
+    for key, value in delta.items():
+        if key not in control or value.shape != control[key].shape:
+            raise InconsistentMessageReplies(
+                reason=f"{who}: node {node_id} sent '{CONTROL_DELTA}' entry '{key}' "
+                f"with shape {value.shape}, which matches no control array"
+            )
+    return delta
+
+
+def update_control(
+    control: dict[str, np.ndarray], deltas: Sequence[Mapping[str, np.ndarray]], available: int
+) -> None:
+    """SCAFFOLD's server control step, in place: with ``k = len(deltas)`` and ``n =
+    max(available, k)``, ``c <- c + (k / n) * (1/k) sum_i Δc_i``."""
+    k = len(deltas)
+    if k == 0:
+        return
+    fraction = k / max(available, k)
+    for key in control:
+        total = sum(d[key] for d in deltas if key in d)
+        if isinstance(total, np.ndarray):
+            control[key] = control[key] + fraction * total / k
 
 
 class Scaffold(FedAvg):
@@ -84,20 +139,8 @@ class Scaffold(FedAvg):
     def server_control(self, arrays: ArrayRecord) -> ArrayRecord:
         """The control variate ``c`` as an ArrayRecord in the dtypes of ``arrays``
         (zeros the first time)."""
-        current = to_numpy(arrays)
-        if self.control is None:
-            self.control = {k: np.zeros(v.shape, dtype=np.float64) for k, v in current.items()}
-        elif set(self.control) != set(current):
-            raise AggregationError(
-                reason=f"SCAFFOLD control keys {sorted(self.control)} differ from the "
-                f"global arrays {sorted(current)}"
-            )
-        return to_arrayrecord(
-            {
-                k: self.control[k].astype(v.dtype if np.issubdtype(v.dtype, np.inexact) else "f4")
-                for k, v in current.items()
-            }
-        )
+        self.control, record = control_record(self.control, to_numpy(arrays), "SCAFFOLD")
+        return record
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -133,28 +176,12 @@ class Scaffold(FedAvg):
             mean_delta = sum(r.arrays[key].numpy().astype(np.float64) - x64 for r in valid) / k
             new_arrays[key] = as_dtype(x64 + self.server_lr * mean_delta, x_key.dtype)
 
-        deltas = [self._control_delta(r.node_id, r.extras.get(CONTROL_DELTA)) for r in valid]
-        fraction = k / max(self.num_available_nodes, k)
-        for key in self.control:
-            total = sum(d[key] for d in deltas if key in d)
-            if isinstance(total, np.ndarray):
-                self.control[key] = self.control[key] + fraction * total / k
+        deltas = [
+            control_delta(self.control, r.node_id, r.extras.get(CONTROL_DELTA), "SCAFFOLD")
+            for r in valid
+        ]
+        update_control(self.control, deltas, self.num_available_nodes)
 
         metrics = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
         self.current_arrays = new_arrays
         return to_arrayrecord(new_arrays), metrics
-
-    def _control_delta(self, node_id: int, record: object) -> dict[str, np.ndarray]:
-        assert self.control is not None
-        if not isinstance(record, ArrayRecord):
-            raise InconsistentMessageReplies(
-                reason=f"SCAFFOLD: reply from node {node_id} has no ArrayRecord '{CONTROL_DELTA}'"
-            )
-        delta = {k: v.astype(np.float64) for k, v in to_numpy(record).items()}
-        for key, value in delta.items():
-            if key not in self.control or value.shape != self.control[key].shape:
-                raise InconsistentMessageReplies(
-                    reason=f"SCAFFOLD: node {node_id} sent '{CONTROL_DELTA}' entry '{key}' "
-                    f"with shape {value.shape}, which matches no control array"
-                )
-        return delta
