@@ -183,14 +183,15 @@ def new_place_samples(
     """Every sample of ``split`` whose target its user had not visited before
     (``limit``: a seeded random subset of at most that many; ``late_half``: only targets
     in the later half of their user's positions of ``split``, by position)."""
-    picks = [
-        (u, int(p))
-        for u, user in enumerate(dataset.users)
-        for p in user.split(split)
-        if p > 0
-        and user.places[p] not in user.places[:p]
-        and (not late_half or 2 * p >= user.split(split).min() + user.split(split).max())
-    ]
+    picks = []
+    for u, user in enumerate(dataset.users):
+        positions = user.split(split)
+        middle = positions.min() + positions.max() if late_half and len(positions) else 0
+        picks += [
+            (u, int(p))
+            for p in positions
+            if p > 0 and user.places[p] not in user.places[:p] and 2 * p >= middle
+        ]
     if limit and len(picks) > limit:
         chosen = np.random.default_rng(seed).choice(len(picks), limit, replace=False)
         picks = [picks[i] for i in sorted(chosen)]
@@ -205,14 +206,16 @@ def new_place_samples(
     day_block = np.empty(n, dtype=np.int64)
     usual_km = np.empty(n)
     gap_hours = np.empty(n)
-    user_maps: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+    user_maps: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
     for i, (u, p) in enumerate(picks):
-        places = dataset.users[u].places
+        user = dataset.users[u]
+        places = user.places
         if user_maps is None or user_maps[0] != u:  # picks come user by user
             distinct = np.unique(places)
             d_user = haversine_distances(coords[distinct], coords) * EARTH_RADIUS_KM
-            user_maps = (u, distinct, d_user, np.exp(-(d_user**2) / (2 * OWN_DENSITY_KM**2)))
-        _, distinct, d_user, kernel = user_maps
+            kernel = np.exp(-(d_user**2) / (2 * OWN_DENSITY_KM**2))
+            user_maps = (u, distinct, d_user, kernel, day_blocks(user))
+        _, distinct, d_user, kernel, blocks = user_maps
         seen, visits = np.unique(places[:p], return_counts=True)
         last[i], centroid[i] = coords[places[p - 1]], coords[seen].mean(0)
         visited[i, seen] = True
@@ -220,8 +223,7 @@ def new_place_samples(
         rows = np.searchsorted(distinct, seen)
         d_own[i] = d_user[rows].min(0)
         own_density[i] = visits @ kernel[rows] / visits.sum()
-        user = dataset.users[u]
-        day_block[i] = day_blocks(user)[p]
+        day_block[i] = blocks[p]
         usual_km[i] = usual_move_km(coords, places[:p])
         gap_hours[i] = max(float(user.times[p] - user.times[p - 1]), 0.0) / 3600.0
     return NewPlaceSamples(

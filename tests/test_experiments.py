@@ -13,6 +13,19 @@ import pytest
 import torch
 
 from experiments.config import ROOT, ConfigError, load_config
+from experiments.newplace_screen import (
+    FEATURES,
+    OWN_DENSITY_KM,
+    NewPlaceSamples,
+    fit_conditional_logit,
+    gravity_scores,
+    logit_scores,
+    new_place_metrics,
+    new_place_samples,
+    population_counts,
+    ranking_features,
+    training_popularity,
+)
 from experiments.report import markdown_table, summarize, write_report
 from experiments.run import (
     RESUME_ONLY,
@@ -23,6 +36,7 @@ from experiments.run import (
     run_values,
     with_settings,
 )
+from fedgeo.data.dataset import SLOT_HOURS, Dataset, Places, UserData
 from server.run_config import RunConfig
 
 CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
@@ -425,12 +439,16 @@ def test_bad_set_exits_2_naming_it(
     assert not (tmp_path / "small").exists()  # nothing ran
 
 
+def places_on_a_line(n: int) -> Places:
+    """``n`` places on the equator, 0.01 degrees (about 1.1 km) apart."""
+    return Places(ids=np.arange(n), latitude=np.zeros(n), longitude=np.arange(n) * 0.01)
+
+
 def hand_made_user(
     places: list[int], train: list[int] | None = None, validation: list[int] | None = None
 ):
     """A user with hourly check-ins in one trajectory; by default every position but the
     first and last trains and the last validates."""
-    from fedgeo.data.dataset import UserData
 
     n = len(places)
     return UserData(
@@ -468,16 +486,9 @@ def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_
     """Only targets the user had not visited count; visited places are not ranked; with
     distance alone the place nearest the last one ranks first; popularity counts each
     user's training prefix."""
-    from experiments.newplace_screen import (
-        gravity_scores,
-        new_place_metrics,
-        new_place_samples,
-        training_popularity,
-    )
-    from fedgeo.data.dataset import Dataset, Places
 
     # five places on a line of longitude, about 1.1 km apart
-    places = Places(ids=np.arange(5), latitude=np.zeros(5), longitude=np.arange(5) * 0.01)
+    places = places_on_a_line(5)
 
     # user 0: validation targets 0 (a return: skipped) and 3 (new, after place 0)
     # user 1: validation target 4 (new, after place 0; places 0 and 1 visited)
@@ -502,15 +513,8 @@ def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_
 def test_newplace_screen_population_features_count_only_the_other_users() -> None:
     """The conditional logit's features count the other users' training prefixes: the
     sample's own user is taken out of co-visitors, transitions and visitors."""
-    from experiments.newplace_screen import (
-        FEATURES,
-        new_place_samples,
-        population_counts,
-        ranking_features,
-    )
-    from fedgeo.data.dataset import Dataset, Places
 
-    places = Places(ids=np.arange(6), latitude=np.zeros(6), longitude=np.arange(6) * 0.01)
+    places = places_on_a_line(6)
     users = [
         hand_made_user([0, 1, 2, 0, 3], [1, 2], [3, 4]),  # prefix 0 1 2; target 3 after 0
         hand_made_user([1, 0, 4], [1], [2]),  # prefix 1 0
@@ -544,16 +548,8 @@ def test_newplace_screen_population_features_count_only_the_other_users() -> Non
 def test_newplace_screen_own_place_features_read_the_users_past_only() -> None:
     """The own-place features are the distance to the nearest place the user visited before
     the sample and the kernel density of those check-ins, counted by visits."""
-    from experiments.newplace_screen import (
-        FEATURES,
-        OWN_DENSITY_KM,
-        new_place_samples,
-        population_counts,
-        ranking_features,
-    )
-    from fedgeo.data.dataset import Dataset, Places
 
-    places = Places(ids=np.arange(5), latitude=np.zeros(5), longitude=np.arange(5) * 0.01)
+    places = places_on_a_line(5)
     # validation target 4 after 0, 1, 0: places 0 (twice) and 1 visited; 3 is visited later
     users = [hand_made_user([0, 1, 0, 4, 3], [1, 2], [3])]
     dataset = Dataset(places, users)
@@ -575,15 +571,8 @@ def test_newplace_screen_time_and_scale_features_follow_their_definitions() -> N
     """Visitors at the target's block of the day count the other users only; the usual
     move is the median of the user's past moves; the distance's decay is scaled by the
     log hours since the last check-in; ``late_half`` keeps the later targets only."""
-    from experiments.newplace_screen import (
-        FEATURES,
-        new_place_samples,
-        population_counts,
-        ranking_features,
-    )
-    from fedgeo.data.dataset import SLOT_HOURS, Dataset, Places
 
-    places = Places(ids=np.arange(6), latitude=np.zeros(6), longitude=np.arange(6) * 0.01)
+    places = places_on_a_line(6)
     # hourly check-ins: user 0's target 4 (position 4) is at the same hour of the day as
     # nobody else's check-in but user 2's place 5, checked in SLOT_HOURS * k hours apart
     users = [
@@ -625,13 +614,6 @@ def test_newplace_screen_time_and_scale_features_follow_their_definitions() -> N
 def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets() -> None:
     """Fitted by maximum likelihood over the unvisited places, the logit puts a positive
     weight on a feature that marks each target and then ranks the targets first."""
-    from experiments.newplace_screen import (
-        FEATURES,
-        NewPlaceSamples,
-        fit_conditional_logit,
-        logit_scores,
-        new_place_metrics,
-    )
 
     rng = np.random.default_rng(0)
     n, num_places = 40, 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -335,11 +335,34 @@ def test_fedgeo_geometric_median_reduces_logged_drift() -> None:
     assert drifts["drift-weighted"] < drifts["mean"]
 
 
+def _side_by_side(
+    strategies: dict[str, Strategy],
+    make_replies: Callable[[list[Message], int], list[Message]],
+    on_sent: Callable[[str, Strategy, list[Message]], None] | None = None,
+) -> Iterator[dict[str, ArrayRecord]]:
+    """Rounds 1 to 3 of ``strategies`` on one grid of 10 nodes, each round seeded alike
+    and answered by ``make_replies(sent, round)``; ``"plain median"`` starts every round
+    from ``"median"``'s model. Yields each round's new models; ``on_sent`` sees every
+    strategy's instructions before their replies are aggregated."""
+    grid = NodesGrid(range(10, 20))
+    init = arrays_record(emb=np.zeros((5, 3), np.float32), bias=np.zeros(5, np.float32))
+    arrays = dict.fromkeys(strategies, init)
+    for server_round in (1, 2, 3):
+        new = {}
+        for name, strategy in strategies.items():
+            start = arrays["median"] if name == "plain median" else arrays[name]
+            seed_round(5, server_round)
+            sent = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))
+            if on_sent is not None:
+                on_sent(name, strategy, sent)
+            new[name], _ = strategy.aggregate_train(server_round, make_replies(sent, server_round))
+        yield new
+        arrays = new
+
+
 def test_fedgeo_dynamic_correction_is_feddyn_around_its_aggregate() -> None:
     """With the mean, uniform weights and no exclusion, FedGeo's dynamic correction is
     FedDyn; with the geometric median it moves the median by the same -h / alpha."""
-    grid = NodesGrid(range(10, 20))
-    init = arrays_record(emb=np.zeros((5, 3), np.float32), bias=np.zeros(5, np.float32))
     off = ExclusionConfig(enabled=False)
     strategies = {
         "feddyn": FedDyn(fraction_train=0.5, alpha=0.1),
@@ -348,17 +371,13 @@ def test_fedgeo_dynamic_correction_is_feddyn_around_its_aggregate() -> None:
         "median": FedGeo(fraction_train=0.5, exclusion=off, dynamic_alpha=0.1),
         "plain median": FedGeo(fraction_train=0.5, exclusion=off),
     }
-    arrays = dict.fromkeys(strategies, init)
-    for server_round in (1, 2, 3):
-        new = {}
-        for name, strategy in strategies.items():
-            start = arrays["median"] if name == "plain median" else arrays[name]
-            seed_round(5, server_round)
-            sent = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))
-            new[name], _ = strategy.aggregate_train(
-                server_round, _random_replies(sent, server_round)
-            )
-        config = sent[0].content["config"]
+    configs: dict[str, ConfigRecord] = {}
+
+    def keep_config(name: str, strategy: Strategy, sent: list[Message]) -> None:
+        configs[name] = sent[0].content["config"]
+
+    for new in _side_by_side(strategies, _random_replies, keep_config):
+        config = configs["plain median"]
         assert PROXIMAL_MU in config and FEDDYN_ALPHA not in config  # "plain median"
         h = strategies["median"].h
         for key in ("emb", "bias"):
@@ -368,9 +387,9 @@ def test_fedgeo_dynamic_correction_is_feddyn_around_its_aggregate() -> None:
                                        atol=1e-7)
             np.testing.assert_allclose(new["median"][key].numpy(),
                                        new["plain median"][key].numpy() - h[key] / 0.1, atol=1e-5)
-        arrays = new
     seed_round(5, 4)
-    sent = list(strategies["median"].configure_train(4, arrays["median"], ConfigRecord(), grid))
+    grid = NodesGrid(range(10, 20))
+    sent = list(strategies["median"].configure_train(4, new["median"], ConfigRecord(), grid))
     config = sent[0].content["config"]
     assert config[FEDDYN_ALPHA] == 0.1 and config[PROXIMAL_MU] == 0.0
     assert np.abs(h["emb"]).max() > 0
@@ -393,8 +412,6 @@ def test_fedgeo_control_variates_are_scaffold_around_its_aggregate() -> None:
     """With the mean, uniform weights and no exclusion, FedGeo's control variates are
     SCAFFOLD; with the geometric median the model is the plain median of the same
     replies and ``c`` takes SCAFFOLD's step."""
-    grid = NodesGrid(range(10, 20))
-    init = arrays_record(emb=np.zeros((5, 3), np.float32), bias=np.zeros(5, np.float32))
     off = ExclusionConfig(enabled=False)
     strategies = {
         "scaffold": Scaffold(fraction_train=0.5),
@@ -403,23 +420,17 @@ def test_fedgeo_control_variates_are_scaffold_around_its_aggregate() -> None:
         "median": FedGeo(fraction_train=0.5, exclusion=off, control_variates=True),
         "plain median": FedGeo(fraction_train=0.5, exclusion=off),
     }
-    arrays = dict.fromkeys(strategies, init)
-    for server_round in (1, 2, 3):
-        new = {}
-        for name, strategy in strategies.items():
-            start = arrays["median"] if name == "plain median" else arrays[name]
-            seed_round(5, server_round)
-            sent = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))
-            if name == "median":
-                assert sent[0].content["config"][PROXIMAL_MU] == 0.0
-                sent_control = numpy_of(sent[0].content[SERVER_CONTROL])
-                for key, value in strategy.control.items():
-                    np.testing.assert_allclose(sent_control[key], value, atol=1e-6)
-            if name == "plain median":
-                assert SERVER_CONTROL not in sent[0].content
-            new[name], _ = strategy.aggregate_train(
-                server_round, _replies_with_control(sent, server_round)
-            )
+
+    def check_sent(name: str, strategy: Strategy, sent: list[Message]) -> None:
+        if name == "median":
+            assert sent[0].content["config"][PROXIMAL_MU] == 0.0
+            sent_control = numpy_of(sent[0].content[SERVER_CONTROL])
+            for key, value in strategy.control.items():
+                np.testing.assert_allclose(sent_control[key], value, atol=1e-6)
+        if name == "plain median":
+            assert SERVER_CONTROL not in sent[0].content
+
+    for new in _side_by_side(strategies, _replies_with_control, check_sent):
         for key in ("emb", "bias"):
             np.testing.assert_allclose(new["mean"][key].numpy(), new["scaffold"][key].numpy(),
                                        atol=1e-6)
@@ -428,7 +439,6 @@ def test_fedgeo_control_variates_are_scaffold_around_its_aggregate() -> None:
                                            strategies["scaffold"].control[key], atol=1e-7)
             np.testing.assert_allclose(new["median"][key].numpy(),
                                        new["plain median"][key].numpy(), atol=1e-6)
-        arrays = new
     assert np.abs(strategies["median"].control["emb"]).max() > 0
 
 
