@@ -106,6 +106,7 @@ GENERAL: dict[str, Scalar] = {
     "fedgeo-slope": 1.0,
     "fedgeo-entropy-midpoint": 0.5,
     "fedgeo-entropy-slope": 0.1,
+    "fedgeo-exclusion-ramp": 0,
     "fedgeo-aggregation": "geometric-median",
     "fedgeo-drift-scale": 1.0,
     "fedgeo-median-iters": 10,

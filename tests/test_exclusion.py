@@ -10,6 +10,7 @@ import pytest
 from server.strategies.exclusion import (
     ExclusionConfig,
     participation_probability,
+    ramped_probability,
     sample_participants,
 )
 
@@ -58,11 +59,29 @@ def test_disabled_config_gives_everyone_probability_one() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"floor": 0.0}, {"floor": 1.5}, {"slope": 0.0}, {"entropy_slope": -1}, {"by": "radius"}],
+    [
+        {"floor": 0.0},
+        {"floor": 1.5},
+        {"slope": 0.0},
+        {"entropy_slope": -1},
+        {"by": "radius"},
+        {"ramp_rounds": -1},
+        {"ramp_rounds": 2.5},
+    ],
 )
 def test_invalid_config_is_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ExclusionConfig(**kwargs)
+
+
+def test_ramp_fades_the_exclusion_linearly_to_nothing() -> None:
+    # R = 4: full strength in round 1, a quarter of the way to 1 per round, 1 from round 5.
+    expected = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    got = [ramped_probability(0.2, r, 4) for r in range(1, 7)]
+    assert got == pytest.approx(expected)
+    assert ramped_probability(1.0, 2, 4) == 1.0
+    # No ramp: the same probability in every round.
+    assert [ramped_probability(0.2, r, 0) for r in (1, 50, 500)] == [0.2, 0.2, 0.2]
 
 
 def test_profile_without_the_needed_key_is_an_error_naming_it() -> None:

@@ -109,7 +109,8 @@ def _strategy_value(key: str, value: Any) -> Any:
     param = next(p for p in PARAMETERS[name] if p.key == key)
     if isinstance(strategy, FedGeo) and key.startswith("fedgeo-") and strategy.exclusion:
         field = key.removeprefix("fedgeo-").replace("-", "_")
-        field = {"exclusion": "enabled", "exclusion_by": "by"}.get(field, field)
+        aliases = {"exclusion": "enabled", "exclusion_by": "by", "exclusion_ramp": "ramp_rounds"}
+        field = aliases.get(field, field)
         if hasattr(strategy.exclusion, field):
             return getattr(strategy.exclusion, field)
     return getattr(strategy, param.arg)

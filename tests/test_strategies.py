@@ -500,6 +500,28 @@ def test_fedgeo_exclusion_samples_extreme_users_less_and_logs_participation() ->
     assert ids == log["node_ids"]
 
 
+def test_fedgeo_exclusion_ramp_lets_extreme_users_back_in() -> None:
+    nodes = list(range(1, 41))
+    grid = NodesGrid(nodes)
+    profiles = {n: {"distinct_places": 1 if n % 2 else 30} for n in nodes}
+    init = arrays_record(w=np.zeros(1))
+    strategy = FedGeo(fraction_train=1.0, exclusion=ExclusionConfig(ramp_rounds=10), seed=11)
+    strategy.set_profiles(profiles)
+
+    def extreme_in(server_round: int) -> int:
+        sent = strategy.configure_train(server_round, init, ConfigRecord(), grid)
+        return sum(1 for m in sent if m.metadata.dst_node_id % 2)
+
+    assert extreme_in(1) < 6  # p ~ 0.05 for each of the 20 one-place users
+    assert extreme_in(11) == 20  # ramp over: everyone has p = 1
+    assert strategy.participation[11]["probabilities"] == [1.0] * 40
+    extreme_in(6)  # half way through the ramp
+    half_way = strategy.probabilities[1] + (1 - strategy.probabilities[1]) * 0.5
+    log = strategy.participation[6]
+    odd = [p for n, p in zip(log["node_ids"], log["probabilities"], strict=True) if n % 2]
+    assert odd and odd == pytest.approx([half_way] * len(odd))
+
+
 def test_fedgeo_without_profiles_falls_back_to_uniform_sampling() -> None:
     grid = NodesGrid(range(8))
     strategy = FedGeo(fraction_train=0.5, exclusion=ExclusionConfig())

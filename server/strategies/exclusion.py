@@ -10,7 +10,12 @@ with ``D`` the number of distinct places (or, for ``by="entropy"``, the normaliz
 entropy in [0, 1] with its own midpoint and slope). ``p_min > 0`` is a floor: everyone
 keeps a chance to participate. Each round, every node is independently *eligible* with
 its probability, then the round's participants are drawn uniformly from the eligible
-ones (:func:`sample_participants`). Formulas and rationale: docs/method.md.
+ones (:func:`sample_participants`). With a ramp of ``R`` rounds the exclusion fades out:
+
+    p_r(D) = p(D) + (1 - p(D)) * min(1, (r - 1) / R)
+
+full strength in round 1, everyone at probability 1 from round ``R + 1``
+(:func:`ramped_probability`). Formulas and rationale: docs/method.md.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ class ExclusionConfig:
         key ``entropy``, the normalized visit entropy in [0, 1]).
     entropy_midpoint, entropy_slope : float
         ``d0`` and ``s`` used when ``by="entropy"``.
+    ramp_rounds : int
+        ``R`` >= 0: the exclusion fades linearly to nothing over the first ``R`` rounds
+        (every probability is 1 from round ``R + 1``); 0 keeps it at full strength in
+        every round.
     """
 
     enabled: bool = bool(DEFAULTS["fedgeo-exclusion"])
@@ -59,6 +68,7 @@ class ExclusionConfig:
     by: str = str(DEFAULTS["fedgeo-exclusion-by"])
     entropy_midpoint: float = float(DEFAULTS["fedgeo-entropy-midpoint"])
     entropy_slope: float = float(DEFAULTS["fedgeo-entropy-slope"])
+    ramp_rounds: int = int(DEFAULTS["fedgeo-exclusion-ramp"])
 
     def __post_init__(self) -> None:
         if not 0.0 < self.floor <= 1.0:
@@ -72,6 +82,11 @@ class ExclusionConfig:
             raise ValueError(f"exclusion 'by' must be one of {EXCLUSION_BY}, got {self.by!r}")
         if not (math.isfinite(self.midpoint) and math.isfinite(self.entropy_midpoint)):
             raise ValueError("exclusion midpoints must be finite")
+        if int(self.ramp_rounds) != self.ramp_rounds or self.ramp_rounds < 0:
+            raise ValueError(
+                f"exclusion ramp (run-config fedgeo-exclusion-ramp) must be an integer >= 0, "
+                f"got {self.ramp_rounds!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +113,16 @@ def participation_probability(profile: Mapping[str, Any], config: ExclusionConfi
         z = (value - config.midpoint) / config.slope
     p = config.floor + (1.0 - config.floor) * float(expit(z))
     return min(1.0, max(config.floor, p))
+
+
+def ramped_probability(probability: float, server_round: int, ramp_rounds: int) -> float:
+    """The participation probability in round ``server_round`` (from 1) when exclusion
+    fades out over ``ramp_rounds`` rounds: ``p + (1 - p) * min(1, (r - 1) / R)``;
+    ``probability`` itself when ``ramp_rounds`` is 0."""
+    if ramp_rounds <= 0:
+        return probability
+    share = min(1.0, max(0, server_round - 1) / ramp_rounds)
+    return min(1.0, probability + (1.0 - probability) * share)
 
 
 def sample_participants(

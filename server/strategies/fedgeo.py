@@ -70,6 +70,7 @@ from server.strategies.contract import (
 from server.strategies.exclusion import (
     ExclusionConfig,
     participation_probability,
+    ramped_probability,
     sample_participants,
 )
 from server.strategies.feddyn import update_h
@@ -221,9 +222,14 @@ class FedGeo(FedAvg):
             for node, profile in self.profiles.items()
         }
 
-    def probability(self, node_id: int) -> float:
-        """The node's participation probability (1 for nodes without a profile)."""
-        return self.probabilities.get(int(node_id), 1.0) if self.excludes else 1.0
+    def probability(self, node_id: int, server_round: int = 1) -> float:
+        """The node's participation probability in ``server_round`` (1 for nodes without a
+        profile; with a ramp it rises to 1 over the ramp's rounds)."""
+        if not self.excludes:
+            return 1.0
+        assert self.exclusion is not None
+        base = self.probabilities.get(int(node_id), 1.0)
+        return ramped_probability(base, server_round, self.exclusion.ramp_rounds)
 
     # --- training ------------------------------------------------------------------------
 
@@ -238,7 +244,7 @@ class FedGeo(FedAvg):
         sample_size = max(num_nodes, self.min_train_nodes)
         if self.excludes:
             available = self._wait_for_nodes(grid, max(self.min_available_nodes, sample_size))
-            probs = [self.probability(n) for n in available]
+            probs = [self.probability(n, server_round) for n in available]
             missing = [n for n in available if n not in self.probabilities]
             if missing:
                 log(WARNING, "FedGeo: %d node(s) without a profile get p=1", len(missing))
@@ -250,7 +256,7 @@ class FedGeo(FedAvg):
             eligible_note = "uniform"
         self.participation[server_round] = {
             "node_ids": [int(n) for n in node_ids],
-            "probabilities": [self.probability(n) for n in node_ids],
+            "probabilities": [self.probability(n, server_round) for n in node_ids],
             "available": len(available),
             "sampling": eligible_note,
         }

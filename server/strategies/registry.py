@@ -85,6 +85,7 @@ _FEDGEO_ONLY = (
     Param("fedgeo-slope", float, "sigmoid slope s (places)"),
     Param("fedgeo-entropy-midpoint", float, "normalized-entropy midpoint (by=entropy)"),
     Param("fedgeo-entropy-slope", float, "normalized-entropy slope (by=entropy)"),
+    Param("fedgeo-exclusion-ramp", int, "rounds over which exclusion fades out (0: never)"),
     Param(
         "fedgeo-aggregation", str, "'mean', 'drift-weighted' or 'geometric-median'", "aggregation"
     ),
@@ -198,6 +199,7 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any], *, seed: int) -
             slope=kwargs.pop("fedgeo_slope"),
             entropy_midpoint=kwargs.pop("fedgeo_entropy_midpoint"),
             entropy_slope=kwargs.pop("fedgeo_entropy_slope"),
+            ramp_rounds=kwargs.pop("fedgeo_exclusion_ramp"),
         )
         kwargs["seed"] = int(seed)
     return _CLASSES[key](**kwargs)
