@@ -449,7 +449,6 @@ def hand_made_user(
 ):
     """A user with hourly check-ins in one trajectory; by default every position but the
     first and last trains and the last validates."""
-
     n = len(places)
     return UserData(
         user_id=n,
@@ -486,7 +485,6 @@ def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_
     """Only targets the user had not visited count; visited places are not ranked; with
     distance alone the place nearest the last one ranks first; popularity counts each
     user's training prefix."""
-
     # five places on a line of longitude, about 1.1 km apart
     places = places_on_a_line(5)
 
@@ -513,7 +511,6 @@ def test_newplace_screen_ranks_only_unvisited_places_and_distance_ranks_nearest_
 def test_newplace_screen_population_features_count_only_the_other_users() -> None:
     """The conditional logit's features count the other users' training prefixes: the
     sample's own user is taken out of co-visitors, transitions and visitors."""
-
     places = places_on_a_line(6)
     users = [
         hand_made_user([0, 1, 2, 0, 3], [1, 2], [3, 4]),  # prefix 0 1 2; target 3 after 0
@@ -548,7 +545,6 @@ def test_newplace_screen_population_features_count_only_the_other_users() -> Non
 def test_newplace_screen_own_place_features_read_the_users_past_only() -> None:
     """The own-place features are the distance to the nearest place the user visited before
     the sample and the kernel density of those check-ins, counted by visits."""
-
     places = places_on_a_line(5)
     # validation target 4 after 0, 1, 0: places 0 (twice) and 1 visited; 3 is visited later
     users = [hand_made_user([0, 1, 0, 4, 3], [1, 2], [3])]
@@ -571,7 +567,6 @@ def test_newplace_screen_time_and_scale_features_follow_their_definitions() -> N
     """Visitors at the target's block of the day count the other users only; the usual
     move is the median of the user's past moves; the distance's decay is scaled by the
     log hours since the last check-in; ``late_half`` keeps the later targets only."""
-
     places = places_on_a_line(6)
     # hourly check-ins: user 0's target 4 (position 4) is at the same hour of the day as
     # nobody else's check-in but user 2's place 5, checked in SLOT_HOURS * k hours apart
@@ -614,7 +609,6 @@ def test_newplace_screen_time_and_scale_features_follow_their_definitions() -> N
 def test_newplace_screen_conditional_logit_learns_the_feature_that_marks_targets() -> None:
     """Fitted by maximum likelihood over the unvisited places, the logit puts a positive
     weight on a feature that marks each target and then ranks the targets first."""
-
     rng = np.random.default_rng(0)
     n, num_places = 40, 8
     target = rng.integers(1, num_places, n)

@@ -501,6 +501,8 @@ def test_fedgeo_exclusion_samples_extreme_users_less_and_logs_participation() ->
 
 
 def test_fedgeo_exclusion_ramp_lets_extreme_users_back_in() -> None:
+    """With a ramp, one-place users are rare in round 1, all in once the ramp is over, and
+    each round's log records the ramped probability."""
     nodes = list(range(1, 41))
     grid = NodesGrid(nodes)
     profiles = {n: {"distinct_places": 1 if n % 2 else 30} for n in nodes}
