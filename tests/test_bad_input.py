@@ -120,6 +120,8 @@ FILE_CASES = [
     Case("csv-missing-time-column", "csv", "user_id,location_id,lat,lon,when\n1,2,3,4,5\n", 1,
          "timestamp", "--columns timestamp=NAME"),
     Case("csv-tab-separated-file", "csv", "user\tlocation\n" + S, 1, "user_id", "tab-separated"),
+    Case("csv-raw-tsmc2014-latin1-file", "csv", (T + T.replace("Bar", "Caf\xe9")).encode("latin-1"),
+         1, None, "tab-separated, not comma-separated"),
     Case("csv-utf16-with-bom", "csv", C.encode("utf-16"), 1, None, "--encoding utf-16"),
     Case("csv-utf16-without-bom", "csv", C.encode("utf-16-le"), 1, None, "--encoding utf-16-le"),
     Case("snap-utf16-with-bom", "snap", S.encode("utf-16"), 1, None, "UTF-16"),

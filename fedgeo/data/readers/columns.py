@@ -85,6 +85,18 @@ def check_mapping(columns: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
+def separator_hint(line: str) -> str:
+    """What a csv line without a comma but with a tab, ``;`` or ``|`` says about its file
+    ("" when it has a comma or none of them)."""
+    if "," in line or not any(c in line for c in "\t;|"):
+        return ""
+    sep = "tab" if "\t" in line else repr(next(c for c in ";|" if c in line))
+    return (
+        f"the file looks {sep}-separated, not comma-separated (raw TSMC2014 or SNAP files: "
+        "format 'tsmc2014' or 'snap')"
+    )
+
+
 def find_columns(
     header: list[str],
     mapping: dict[str, str],
@@ -102,12 +114,8 @@ def find_columns(
         shown = ", ".join(repr(h) for h in stripped)
         what = f"column {wanted!r} not found" if wanted else "missing column"
         hint = f"; name it with columns={{{canonical!r}: 'NAME'}} (--columns {canonical}=NAME)"
-        if len(stripped) == 1 and any(c in stripped[0] for c in "\t;|"):
-            sep = "tab" if "\t" in stripped[0] else repr(next(c for c in ";|" if c in stripped[0]))
-            hint = (
-                f"; the header is one column: the file looks {sep}-separated, not "
-                "comma-separated (raw TSMC2014 or SNAP files: format 'tsmc2014' or 'snap')"
-            )
+        if len(stripped) == 1 and separator_hint(stripped[0]):
+            hint = f"; the header is one column: {separator_hint(stripped[0])}"
         return DataError(
             f"{what} (header: {shown}){hint}",
             path=name,

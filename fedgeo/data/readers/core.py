@@ -12,7 +12,7 @@ import pandas as pd
 
 from fedgeo.data.errors import DataError
 from fedgeo.data.readers import fields as F
-from fedgeo.data.readers.columns import check_mapping, find_columns
+from fedgeo.data.readers.columns import check_mapping, find_columns, separator_hint
 from fedgeo.data.readers.records import Records, read_fields, split_quoted_csv, split_unquoted
 from fedgeo.data.readers.source import decompress, display_name, read_bytes, to_utf8
 
@@ -188,13 +188,26 @@ def read_checkins(
         k = raw.count(delimiter.encode(), start, pos)
         return names[k] if k < len(names) else None
 
-    data = to_utf8(
-        data,
-        name,
-        encoding or DEFAULT_ENCODING[format],
-        explicit=encoding is not None,
-        field_of=field_of,
-    )
+    try:
+        data = to_utf8(
+            data,
+            name,
+            encoding or DEFAULT_ENCODING[format],
+            explicit=encoding is not None,
+            field_of=field_of,
+        )
+    except DataError:
+        # a file in another layout read as csv (a raw latin-1 TSMC2014 file) fails to
+        # decode before its header is read: name the layout, not the encoding
+        start = len(data) - len(data.lstrip())
+        first = data[start:].split(b"\n", 1)[0].decode("latin-1")
+        if format != "csv" or not separator_hint(first):
+            raise
+        raise DataError(
+            f"the first line has no comma: {separator_hint(first)}",
+            path=name,
+            line=data.count(b"\n", 0, start) + 1,
+        ) from None
     if format == "csv" and b'"' in data:
         records = split_quoted_csv(data, name)
     else:
