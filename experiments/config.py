@@ -5,6 +5,7 @@ shares (the budget), the methods to compare and, optionally, one run-config key 
 
     name = "nyc-main"
     data = "../shared/data/foursquare-nyc/checkins.csv"   # relative to the repo root
+    format = "csv"             # the data file's format: csv (default), tsmc2014 or snap
     seeds = [0, 1, 2]
 
     [run]                      # run-config keys shared by every run (docs/federation.md)
@@ -35,13 +36,23 @@ shares (the budget), the methods to compare and, optionally, one run-config key 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedgeo.data.readers import FORMATS
+
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root (data paths in configs are relative to it)."""
 KINDS = ("federated", "centralized", "baseline")
+RUNNER_KEYS = {
+    "data-path": "the top-level key 'data' (or --data)",
+    "data-format": "the top-level key 'format' (or --format)",
+    "seed": "the top-level key 'seeds' (or --seeds)",
+    "out-dir": "--out",
+}
+"""Run-config keys the runner sets for every run, and where a user sets them instead."""
 
 
 class ConfigError(ValueError):
@@ -95,6 +106,16 @@ class ExperimentConfig:
         raise KeyError(name)
 
 
+def check_run_keys(keys: Iterable[str], where: str) -> None:
+    """Reject a run-config key the runner sets itself (:data:`RUNNER_KEYS`), which would
+    otherwise be silently replaced."""
+    for key in keys:
+        if key in RUNNER_KEYS:
+            raise ConfigError(
+                f"{where}: run-config key '{key}' is set by the runner: use {RUNNER_KEYS[key]}"
+            )
+
+
 def _need(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in table:
         raise ConfigError(f"{where}: missing field '{key}'")
@@ -112,6 +133,7 @@ def _method(table: dict[str, Any], where: str) -> Method:
     overrides = table.get("set", {})
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: field 'set' must be a table of run-config keys")
+    check_run_keys(overrides, f"{where}: field 'set'")
     strategy = ""
     if kind == "federated":
         strategy = _need(table, "strategy", str, where)
@@ -147,14 +169,23 @@ def load_config(path: str | Path) -> ExperimentConfig:
             tuple(_need(table, "values", list, f"{where}: sweep")),
         )
     data = raw.get("data")
+    data_format = str(raw.get("format", "csv"))
+    if data_format not in FORMATS:
+        raise ConfigError(
+            f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {data_format!r}"
+        )
+    run = raw.get("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{where}: field 'run' must be a table of run-config keys")
+    check_run_keys(run, f"{where}: [run]")
     return ExperimentConfig(
         path=path,
         name=name,
         title=str(raw.get("title", name)),
         data=(ROOT / data).resolve() if data else None,
-        data_format=str(raw.get("format", "csv")),
+        data_format=data_format,
         seeds=seeds,
-        run=dict(raw.get("run", {})),
+        run=dict(run),
         methods=parsed,
         sweep=sweep,
     )

@@ -41,8 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import ROOT, ConfigError, ExperimentConfig, Method, load_config
+from experiments.config import (
+    ROOT,
+    ConfigError,
+    ExperimentConfig,
+    Method,
+    check_run_keys,
+    load_config,
+)
 from experiments.engine import BACKENDS, ClusterError, ray_address
+from fedgeo.data.errors import DataError
+from fedgeo.data.readers import FORMATS
 
 RESULTS = {"federated": "results.json", "centralized": "metrics.json", "baseline": "metrics.json"}
 
@@ -247,17 +256,23 @@ def with_settings(config: ExperimentConfig, settings: dict[str, Any]) -> Experim
     """``config`` with ``settings`` added to its ``[run]`` table and named in its title."""
     if not settings:
         return config
+    check_run_keys(settings, "--set")
     named = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     return dataclasses.replace(
         config, run={**config.run, **settings}, title=f"{config.title} (with {named})"
     )
 
 
-def with_data(config: ExperimentConfig, data: Path | None) -> ExperimentConfig:
-    """``config`` run on the check-in file ``data`` (named in its title), if given."""
-    if data is None:
-        return config
-    return dataclasses.replace(config, data=data, title=f"{config.title} (on {data})")
+def with_data(
+    config: ExperimentConfig, data: Path | None, data_format: str | None = None
+) -> ExperimentConfig:
+    """``config`` run on the check-in file ``data`` (named in its title) read as
+    ``data_format``, each if given."""
+    if data is not None:
+        config = dataclasses.replace(config, data=data, title=f"{config.title} (on {data})")
+    if data_format is not None:
+        config = dataclasses.replace(config, data_format=data_format)
+    return config
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -303,6 +318,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PATH",
         help="run the config on this check-in file instead of its own (needs --out)",
     )
+    ap.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="read the check-in file as this format instead of the config's (needs --out)",
+    )
     return ap.parse_args(argv)
 
 
@@ -312,9 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = parse_settings(args.set)
         if settings and args.out is None:
             raise ValueError("--set needs --out: its runs must not mix with the config's own")
-        if args.data is not None and args.out is None:
-            raise ValueError("--data needs --out: its runs must not mix with the config's own")
-        config = with_data(with_settings(load_config(args.config), settings), args.data)
+        for option, value in (("--data", args.data), ("--format", args.format)):
+            if value is not None and args.out is None:
+                raise ValueError(
+                    f"{option} needs --out: its runs must not mix with the config's own"
+                )
+        config = with_data(
+            with_settings(load_config(args.config), settings), args.data, args.format
+        )
         methods = args.only.split(",") if args.only else None
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         out = args.out if args.out is not None else ROOT / "runs" / "experiments"
@@ -340,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.backend,
                 keep_client_state=args.keep_client_state,
             )
-        except ClusterError as err:
+        except (ClusterError, DataError) as err:
             print(f"experiments.run: error: {err}", file=sys.stderr)
             return 2
     from experiments.report import write_report

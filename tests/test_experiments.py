@@ -102,6 +102,19 @@ def test_plan_layout_and_override_precedence(small_config: Path, tmp_path: Path)
         ("name='x'\nseeds=[0]\n[[method]]\nname='a'\nkind='nope'\n", "'kind'"),
         ("name='x'\nseeds=[]\n[[method]]\nname='a'\nstrategy='fedavg'\n", "'seeds'"),
         ("name = \n", "not valid TOML"),
+        (
+            "name='x'\nformat='gpx'\nseeds=[0]\n[[method]]\nname='a'\nstrategy='fedavg'\n",
+            "'format'",
+        ),
+        (
+            "name='x'\nseeds=[0]\n[run]\ndata-format='snap'\n[[method]]\nname='a'\n"
+            "strategy='fedavg'\n",
+            "'data-format' is set by the runner: use the top-level key 'format'",
+        ),
+        (
+            "name='x'\nseeds=[0]\n[[method]]\nname='a'\nstrategy='fedavg'\nset={seed=3}\n",
+            "'seed' is set by the runner: use the top-level key 'seeds'",
+        ),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path: Path, text: str, field: str) -> None:
@@ -417,6 +430,33 @@ def test_data_option_runs_the_config_on_another_file(small_config: Path, tmp_pat
     assert other.title.endswith(f"(on {tmp_path / 'sparse.csv'})")
     run = plan(other, tmp_path, methods=["fedavg"], seeds=[0])[0]
     assert run_values(other, run)["data-path"] == str(tmp_path / "sparse.csv")
+    assert run_values(other, run)["data-format"] == "csv"  # the config's (default) format
+    snap = with_data(config, tmp_path / "gowalla.txt", "snap")
+    assert run_values(snap, run)["data-format"] == "snap"
+
+
+def test_config_format_reaches_every_run(tmp_path: Path) -> None:
+    """The top-level ``format`` is the data-format of every run of the config."""
+    path = tmp_path / "raw.toml"
+    path.write_text(SMALL.replace("seeds = [0, 1]", 'format = "tsmc2014"\nseeds = [0, 1]'))
+    config = load_config(path)
+    assert config.data_format == "tsmc2014"
+    for run in plan(config, tmp_path):
+        assert run_values(config, run)["data-format"] == "tsmc2014"
+
+
+def test_unreadable_data_file_exits_2_naming_file_and_line(
+    small_config: Path, tmp_path: Path, capsys
+) -> None:
+    """A data file that fails to read stops the runner with the reader's one-line error
+    (file and line), not a traceback."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,location_id,latitude,longitude,time_min\n1,2,91.0,0.0,5\n")
+    args = [str(small_config), "--data", str(bad), "--out", str(tmp_path / "out")]
+    assert main([*args, "--only", "markov", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("experiments.run: error: ") and f"{bad}:2" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -427,6 +467,8 @@ def test_data_option_runs_the_config_on_another_file(small_config: Path, tmp_pat
         (["--set", "num-rounds=x", "--out", "OUT"], "'num-rounds': expected int"),
         (["--set", "num-rounds=3"], "--set needs --out"),
         (["--data", "other.csv"], "--data needs --out"),
+        (["--format", "snap"], "--format needs --out"),
+        (["--set", "data-format=snap", "--out", "OUT"], "use the top-level key 'format'"),
         (["--data", "OUT/missing.csv", "--out", "OUT"], "missing.csv: data file not found"),
     ],
 )
