@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedgeo.data.loading import load_dataset  # noqa: E402
+from fedgeo.data.readers import FORMATS  # noqa: E402
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig  # noqa: E402
 from fedgeo.metrics import rank_new_places, ranks_from_scores  # noqa: E402
 from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
@@ -80,13 +81,14 @@ def batchings(index: SampleIndex, split: str) -> dict[str, list]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="check-in CSV (default: the synthetic city)")
+    parser.add_argument("--data", help="check-in file (default: the synthetic city)")
+    parser.add_argument("--format", choices=FORMATS, default="csv", help="--data's format")
     parser.add_argument("--split", default="test")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (best kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dataset, _ = load_dataset(args.data, time_unit="min" if args.data else None)
+    dataset, _ = load_dataset(args.data, args.format) if args.data else load_dataset()
     config = ModelConfig()
     prior = AdjacencyPrior.from_places(dataset.places, PriorConfig())
     model, features = build_model(

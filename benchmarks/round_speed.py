@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.simulate_cli import simulate  # noqa: E402
+from fedgeo.data.readers import FORMATS  # noqa: E402
 from fedgeo.geo.prior import AdjacencyPrior  # noqa: E402
 from fedgeo.models import build_model  # noqa: E402
 from fedgeo.training import TrainConfig, train_local  # noqa: E402
@@ -58,7 +59,8 @@ MODEL = {"model-embedding-dim": 64, "model-hidden-dim": 128}
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", help="check-in CSV (default: the synthetic city)")
+    ap.add_argument("--data", help="check-in file (default: the synthetic city)")
+    ap.add_argument("--format", choices=FORMATS, default="csv", help="--data's format")
     ap.add_argument("--clients", type=int, default=100, help="clients per round")
     ap.add_argument("--rounds", type=int, default=10, help="rounds (the first is warm-up)")
     ap.add_argument("--local-epochs", type=int, default=1)
@@ -102,6 +104,7 @@ def main() -> None:
     base = {
         **MODEL,
         "data-path": args.data or "",
+        "data-format": args.format,
         "num-rounds": args.rounds,
         "eval-every": args.rounds + 1,
         "local-epochs": args.local_epochs,
