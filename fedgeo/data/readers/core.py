@@ -200,11 +200,11 @@ def read_checkins(
         # a file in another layout read as csv (a raw latin-1 TSMC2014 file) fails to
         # decode before its header is read: name the layout, not the encoding
         start = len(data) - len(data.lstrip())
-        first = data[start:].split(b"\n", 1)[0].decode("latin-1")
-        if format != "csv" or not separator_hint(first):
+        hint = separator_hint(data[start:].split(b"\n", 1)[0].decode("latin-1"))
+        if format != "csv" or not hint:
             raise
         raise DataError(
-            f"the first line has no comma: {separator_hint(first)}",
+            f"the first line has no comma: {hint}",
             path=name,
             line=data.count(b"\n", 0, start) + 1,
         ) from None
