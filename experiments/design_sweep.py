@@ -12,6 +12,11 @@ FedGeo's default aggregation was chosen (docs/method.md).
 ``--set OPTION=VALUE`` (repeatable) sets any model option (``fedgeo.models.ModelConfig``),
 e.g. ``--set prior_score_places=all``; ``--prior-k`` the prior's neighbours per place.
 
+Diagnostics that no strategy offers: ``--optimizer shared-adam`` (the clients divide by a
+second moment the server keeps, :class:`SharedMomentAdam`), ``--users-per-client G`` (one
+client trains on ``G`` users' data pooled), ``--place-rows visited`` and
+``--server-optimizer`` (docs/results.md, the no-memory screens).
+
 Prints one JSON line per round (drift, participants, seconds; validation metrics every
 ``--eval-every`` rounds) and a final line with test and validation metrics, each with the
 return and new-place breakdown (docs/metrics.md).
@@ -34,7 +39,7 @@ from fedgeo.data.loading import load_dataset  # noqa: E402
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig  # noqa: E402
 from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums  # noqa: E402
 from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
-from fedgeo.training import TrainConfig, evaluate, train_local  # noqa: E402
+from fedgeo.training import TrainConfig, evaluate, train_epoch, train_local  # noqa: E402
 from server.strategies.aggregation import get_aggregator  # noqa: E402
 from server.strategies.exclusion import ExclusionConfig, participation_probability  # noqa: E402
 
@@ -47,9 +52,28 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=100, help="clients per round")
     ap.add_argument("--epochs", type=int, default=2, help="local epochs")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"), help="local optimizer")
+    ap.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=("adam", "sgd", "shared-adam"),
+        help="local optimizer: adam and sgd start fresh on every client; shared-adam divides "
+        "each client's momentum by the server's second-moment estimate (SharedMomentAdam)",
+    )
+    ap.add_argument(
+        "--moment-decay",
+        type=float,
+        default=0.5,
+        help="shared-adam: the server's second moment v <- decay v + (1 - decay) mean_i g2_i",
+    )
     ap.add_argument("--momentum", type=float, default=0.0, help="local SGD momentum")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--users-per-client",
+        type=int,
+        default=1,
+        help="a diagnostic: each client trains on this many users' data pooled (users "
+        "grouped at random once; needs --set user_embedding=false)",
+    )
     ap.add_argument("--no-prior", action="store_true")
     ap.add_argument("--prior-k", type=int, default=10, help="neighbours per place in the prior")
     ap.add_argument("--exclusion", action="store_true")
@@ -109,6 +133,15 @@ def main() -> None:
     initial_personal = {k: v.cpu() for k, v in model.personal_state().items()}
     personal: dict[int, dict[str, torch.Tensor]] = {}
     users = dataset.users
+    group_size = a.users_per_client
+    grouped_conflicts = a.exclusion or cfg.user_embedding or a.place_rows == "visited"
+    if group_size > 1 and (grouped_conflicts or a.optimizer == "shared-adam"):
+        raise SystemExit(
+            "design_sweep: --users-per-client > 1 needs --set user_embedding=false, and "
+            "none of --exclusion, --place-rows visited, --optimizer shared-adam"
+        )
+    order = np.random.default_rng([a.seed, 7]).permutation(len(users))
+    groups = [order[g : g + group_size] for g in range(0, len(users), group_size)]
     exclusion = ExclusionConfig(enabled=a.exclusion)
     probs = np.array(
         [
@@ -123,7 +156,7 @@ def main() -> None:
         epochs=a.epochs,
         batch_size=a.batch_size,
         lr=a.lr,
-        optimizer=a.optimizer,
+        optimizer="adam" if a.optimizer == "shared-adam" else a.optimizer,
         momentum=a.momentum,
         device=device,
     )
@@ -131,6 +164,7 @@ def main() -> None:
     server_adam = ServerAdam(a.server_lr, tau=a.tau)
     # --place-rows visited: each user's training places, found once for the whole run
     places_of = [training_places(u) for u in users] if a.place_rows == "visited" else []
+    shared_v: dict[str, torch.Tensor] = {}  # shared-adam: the server's second moments
     started = time.time()
 
     def use_client(i: int) -> None:
@@ -156,24 +190,38 @@ def main() -> None:
         print(json.dumps(record), flush=True)
 
     for rnd in range(1, a.rounds + 1):
-        eligible = np.flatnonzero(np.random.default_rng([a.seed, rnd]).random(len(users)) < probs)
+        if group_size > 1:
+            eligible = np.arange(len(groups))
+        else:
+            draws = np.random.default_rng([a.seed, rnd]).random(len(users))
+            eligible = np.flatnonzero(draws < probs)
         chosen = rng.choice(eligible, size=min(a.clients, len(eligible)), replace=False)
         anchor = {k: v.to(device) for k, v in global_state.items()}
         replies = []
         holders: list[np.ndarray] = []  # the training places of each reply's client
+        squares: list[tuple[dict[str, torch.Tensor], int]] = []  # shared-adam: mean g^2
         for i in chosen:
             use_client(int(i))
             train_cfg.seed = int(rnd * 100_000 + i)
             extra = _proximal(model, anchor, a.mu) if a.mu > 0 else None
-            stats = train_local(model, features, [users[i]], train_cfg, extra_loss=extra)
+            if a.optimizer == "shared-adam":
+                stats, g2 = train_shared_adam(model, features, users[i], train_cfg, shared_v, extra)
+            else:
+                members = [users[j] for j in groups[i]] if group_size > 1 else [users[i]]
+                stats = train_local(model, features, members, train_cfg, extra_loss=extra)
             if stats["num-examples"] == 0:
                 continue
-            personal[int(i)] = {k: v.cpu() for k, v in model.personal_state().items()}
+            if a.optimizer == "shared-adam":
+                squares.append((g2, stats["num-examples"]))
+            if group_size == 1:
+                personal[int(i)] = {k: v.cpu() for k, v in model.personal_state().items()}
             arrays = {k: v.cpu().numpy() for k, v in model.shared_state().items()}
             replies.append((arrays, stats["num-examples"]))
             if places_of:
                 holders.append(places_of[int(i)])
         result = aggregate(replies)
+        if squares:
+            update_shared_moments(shared_v, squares, a.moment_decay)
         if a.place_rows == "visited":
             visited_row_mean(result.arrays, global_state, replies, holders)
         server_lr = a.server_lr
@@ -276,6 +324,109 @@ class ServerAdam:
         t = server_round + 1.0
         eta = self.eta * (1 - self.beta_2**t) ** 0.5 / (1 - self.beta_1**t)
         return eta * m / (v.sqrt() + self.tau)
+
+
+class SharedMomentAdam(torch.optim.Optimizer):
+    """Adam whose second moment is the server's, held fixed during local training.
+
+    ``m <- b1 m + (1 - b1) g``; ``p <- p - lr (m / (1 - b1^t)) / (sqrt(v_s) + eps)`` with
+    ``v_s`` the server's estimate of each parameter's mean squared gradient over the
+    clients. A fresh Adam on a client divides by that client's own gradients, so a few
+    steps move every parameter by about ``lr`` whatever its gradient's size and the mean
+    of the clients' updates loses how strongly each parameter was pulled; a preconditioner
+    common to all clients keeps every update linear in its gradients (as Local AMSGrad's
+    shared second moment does, Chen, Li and Li 2020). Parameters with no server moment
+    (personal ones, and all of them in the first round) use their own, as Adam does.
+    Records each parameter's mean squared gradient over the steps, for the server."""
+
+    def __init__(
+        self,
+        named: list[tuple[str, torch.nn.Parameter]],
+        lr: float,
+        shared_v: dict[str, torch.Tensor],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        self.names = {id(p): n for n, p in named}
+        super().__init__([p for _, p in named], {"lr": lr, "betas": betas, "eps": eps})
+        self.shared_v = shared_v
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:  # noqa: D102
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, state = p.grad, self.state[p]
+                if not state:
+                    state["t"] = 0
+                    for key in ("m", "v", "g2"):
+                        state[key] = torch.zeros_like(p)
+                state["t"] += 1
+                t = state["t"]
+                state["m"].mul_(b1).add_(g, alpha=1 - b1)
+                state["g2"].add_(g * g)
+                shared = self.shared_v.get(self.names[id(p)])
+                if shared is None:
+                    state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    v = state["v"] / (1 - b2**t)
+                else:
+                    v = shared.to(p.device)
+                m_hat = state["m"] / (1 - b1**t)
+                p.addcdiv_(m_hat, v.sqrt().add_(group["eps"]), value=-group["lr"])
+
+    def mean_squares(self, names: set[str]) -> dict[str, torch.Tensor]:
+        """The mean squared gradient over the local steps of each parameter in ``names``."""
+        return {
+            self.names[id(p)]: (state["g2"] / state["t"]).cpu()
+            for group in self.param_groups
+            for p in group["params"]
+            if self.names[id(p)] in names and (state := self.state.get(p))
+        }
+
+
+def train_shared_adam(
+    model, features, user, cfg: TrainConfig, shared_v: dict[str, torch.Tensor], extra_loss
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One client's local epochs with :class:`SharedMomentAdam`; returns its number of
+    examples and the shared parameters' mean squared gradients."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    index = SampleIndex([user])
+    train_users, train_pos = index.samples("train")
+    if len(train_users) == 0:
+        return {"num-examples": 0}, {}
+    optimizer = SharedMomentAdam(list(model.named_parameters()), cfg.lr, shared_v)
+    for _ in range(cfg.epochs):
+        train_epoch(
+            model,
+            features,
+            index,
+            train_users,
+            train_pos,
+            optimizer,
+            cfg,
+            rng,
+            extra_loss=extra_loss,
+        )
+    names = {n for n, _ in model.shared_parameters()}
+    return {"num-examples": int(len(train_users))}, optimizer.mean_squares(names)
+
+
+def update_shared_moments(
+    shared_v: dict[str, torch.Tensor],
+    squares: list[tuple[dict[str, torch.Tensor], int]],
+    decay: float,
+) -> None:
+    """The server's second moments: ``v <- decay v + (1 - decay) sum_i n_i g2_i / sum_i
+    n_i`` over the round's clients ``i`` (``n_i`` examples); the first round sets ``v`` to
+    the mean."""
+    total = sum(n for _, n in squares)
+    for name in squares[0][0]:
+        mean = sum(g2[name] * (n / total) for g2, n in squares)
+        old = shared_v.get(name)
+        shared_v[name] = mean if old is None else decay * old + (1 - decay) * mean
 
 
 def model_options(pairs: list[str]) -> dict[str, object]:

@@ -384,6 +384,60 @@ def test_design_sweep_visited_rows_average_only_the_clients_holding_a_place() ->
     assert aggregate["query.0.bias"].tolist() == [4.0]
 
 
+def test_design_sweep_shared_moment_adam_is_adam_until_the_server_sends_moments() -> None:
+    """Without a server moment the optimizer takes torch's Adam steps; with one, a step is
+    ``lr * m_hat / sqrt(v_server)``, linear in the gradient, and the mean squared
+    gradients it records are what the server averages."""
+    from experiments.design_sweep import SharedMomentAdam, update_shared_moments
+
+    grads = [torch.tensor([0.5, -2.0]), torch.tensor([0.1, 1.0]), torch.tensor([0.3, 0.2])]
+    own = torch.nn.Parameter(torch.zeros(2))
+    ref = torch.nn.Parameter(torch.zeros(2))
+    opt = SharedMomentAdam([("w", own)], lr=0.01, shared_v={})
+    adam = torch.optim.Adam([ref], lr=0.01)
+    for g in grads:
+        own.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        adam.step()
+    assert torch.allclose(own.detach(), ref.detach(), atol=1e-7)
+    squares = opt.mean_squares({"w"})["w"]
+    assert torch.allclose(squares, sum(g * g for g in grads) / 3)
+
+    v = torch.tensor([4.0, 0.25])
+    for scale in (1.0, 3.0):
+        w = torch.nn.Parameter(torch.zeros(2))
+        w.grad = scale * torch.tensor([1.0, 1.0])
+        SharedMomentAdam([("w", w)], lr=0.1, shared_v={"w": v}).step()
+        assert torch.allclose(w.detach(), -0.1 * scale * torch.tensor([0.5, 2.0]))
+
+    shared: dict[str, torch.Tensor] = {}
+    update_shared_moments(shared, [({"w": torch.ones(2)}, 1), ({"w": 3 * torch.ones(2)}, 3)], 0.5)
+    assert shared["w"].tolist() == [2.5, 2.5]  # (1 * 1 + 3 * 3) / 4
+    update_shared_moments(shared, [({"w": torch.full((2,), 0.5)}, 2)], 0.5)
+    assert shared["w"].tolist() == [1.5, 1.5]
+
+
+def test_design_sweep_groups_users_into_clients_only_without_personal_parts() -> None:
+    """``--users-per-client`` pools several users' data in one client; it refuses a model
+    with a personal user vector, which one client cannot hold for several users."""
+    script = ROOT / "experiments" / "design_sweep.py"
+    args = [sys.executable, str(script), "--rounds", "1", "--clients", "2", "--epochs", "1"]
+    args += ["--validation-only", "--users-per-client", "3"]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert refused.returncode != 0
+    assert "--users-per-client > 1 needs --set user_embedding=false" in refused.stderr
+    done = subprocess.run(
+        [*args, "--set", "user_embedding=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout.splitlines()[0])
+    assert first["round"] == 1 and first["participants"] == 2
+
+
 def test_design_sweep_validation_only_reports_no_test_metrics() -> None:
     """``--validation-only`` (for screening) never computes test metrics."""
     script = ROOT / "experiments" / "design_sweep.py"
