@@ -39,7 +39,7 @@ from fedgeo.data.loading import load_dataset  # noqa: E402
 from fedgeo.geo.prior import AdjacencyPrior, PriorConfig  # noqa: E402
 from fedgeo.metrics import BREAKDOWN_PREFIXES, MetricSums  # noqa: E402
 from fedgeo.models import ModelConfig, SampleIndex, build_model  # noqa: E402
-from fedgeo.training import TrainConfig, evaluate, train_epoch, train_local  # noqa: E402
+from fedgeo.training import TrainConfig, evaluate, train_local  # noqa: E402
 from server.strategies.aggregation import get_aggregator  # noqa: E402
 from server.strategies.exclusion import ExclusionConfig, participation_probability  # noqa: E402
 
@@ -389,29 +389,13 @@ class SharedMomentAdam(torch.optim.Optimizer):
 def train_shared_adam(
     model, features, user, cfg: TrainConfig, shared_v: dict[str, torch.Tensor], extra_loss
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """One client's local epochs with :class:`SharedMomentAdam`; returns its number of
-    examples and the shared parameters' mean squared gradients."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    index = SampleIndex([user])
-    train_users, train_pos = index.samples("train")
-    if len(train_users) == 0:
-        return {"num-examples": 0}, {}
+    """One client's local epochs with :class:`SharedMomentAdam`; returns
+    :func:`~fedgeo.training.train_local`'s stats and the shared parameters' mean squared
+    gradients."""
     optimizer = SharedMomentAdam(list(model.named_parameters()), cfg.lr, shared_v)
-    for _ in range(cfg.epochs):
-        train_epoch(
-            model,
-            features,
-            index,
-            train_users,
-            train_pos,
-            optimizer,
-            cfg,
-            rng,
-            extra_loss=extra_loss,
-        )
+    stats = train_local(model, features, [user], cfg, extra_loss=extra_loss, optimizer=optimizer)
     names = {n for n, _ in model.shared_parameters()}
-    return {"num-examples": int(len(train_users))}, optimizer.mean_squares(names)
+    return stats, optimizer.mean_squares(names)
 
 
 def update_shared_moments(

@@ -301,12 +301,14 @@ def train_local(
     params: Sequence[nn.Parameter] | None = None,
     extra_loss: LossHook | None = None,
     after_backward: GradHook | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
     """Local training for ``cfg.epochs`` epochs (a client's round).
 
     ``extra_loss`` adds a regularizer to the loss (FedProx, FedDyn) and
-    ``after_backward`` edits gradients (SCAFFOLD). Returns ``num-examples``,
-    ``train-loss`` (mean over the last epoch) and ``steps``.
+    ``after_backward`` edits gradients (SCAFFOLD); ``optimizer`` replaces the one
+    ``cfg`` names over ``params``. Returns ``num-examples``, ``train-loss`` (mean over
+    the last epoch) and ``steps``.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -314,7 +316,8 @@ def train_local(
     train_users, train_pos = index.samples("train")
     if len(train_users) == 0:
         return {"num-examples": 0, "train-loss": float("nan"), "steps": 0}
-    optimizer = make_optimizer(params if params is not None else model.parameters(), cfg)
+    if optimizer is None:
+        optimizer = make_optimizer(params if params is not None else model.parameters(), cfg)
     loss_sum, steps = 0.0, 0
     for _ in range(cfg.epochs):
         loss_sum, epoch_steps = train_epoch(

@@ -133,6 +133,21 @@ def test_train_local_counts_examples_and_changes_only_given_parameters(city):
     assert torch.equal(model.state_dict()["user_embedding.weight"], before)
 
 
+def test_train_local_steps_with_the_optimizer_it_is_given(city):
+    """A caller's optimizer replaces the one the config names: a zero-step SGD leaves
+    every parameter where it was, and the step count is still reported."""
+    user = city.users[0]
+    model, features = build_model(city.num_places, 1, ModelConfig(**SMALL).without_prior(), None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = train_local(
+        model, features, [user], TrainConfig(epochs=1, batch_size=16), optimizer=frozen
+    )
+    assert stats["steps"] == int(np.ceil(len(user.train) / 16))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_model_beats_popularity_on_the_synthetic_city():
     dataset, _ = load_dataset(synthetic=SyntheticConfig(num_users=60, num_places=200, days=40))
     popularity, *_ = evaluate_predictor(GlobalPopularity().fit(dataset), dataset, "test")
