@@ -134,6 +134,8 @@ def main() -> None:
     personal: dict[int, dict[str, torch.Tensor]] = {}
     users = dataset.users
     group_size = a.users_per_client
+    if group_size < 1:
+        raise SystemExit(f"design_sweep: --users-per-client must be >= 1, got {group_size}")
     grouped_conflicts = a.exclusion or cfg.user_embedding or a.place_rows == "visited"
     if group_size > 1 and (grouped_conflicts or a.optimizer == "shared-adam"):
         raise SystemExit(

@@ -426,6 +426,9 @@ def test_design_sweep_groups_users_into_clients_only_without_personal_parts() ->
     refused = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert refused.returncode != 0
     assert "--users-per-client > 1 needs --set user_embedding=false" in refused.stderr
+    zero = [*args[:-1], "0", "--set", "user_embedding=false"]
+    refused = subprocess.run(zero, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert refused.returncode != 0 and "--users-per-client must be >= 1" in refused.stderr
     done = subprocess.run(
         [*args, "--set", "user_embedding=false"],
         capture_output=True,
