@@ -142,8 +142,10 @@ def main() -> None:
             "design_sweep: --users-per-client > 1 needs --set user_embedding=false, and "
             "none of --exclusion, --place-rows visited, --optimizer shared-adam"
         )
-    order = np.random.default_rng([a.seed, 7]).permutation(len(users))
-    groups = [order[g : g + group_size] for g in range(0, len(users), group_size)]
+    groups: list[np.ndarray] = []  # --users-per-client: the users of each client
+    if group_size > 1:
+        order = np.random.default_rng([a.seed, 7]).permutation(len(users))
+        groups = [order[g : g + group_size] for g in range(0, len(users), group_size)]
     exclusion = ExclusionConfig(enabled=a.exclusion)
     probs = np.array(
         [
@@ -166,7 +168,7 @@ def main() -> None:
     server_adam = ServerAdam(a.server_lr, tau=a.tau)
     # --place-rows visited: each user's training places, found once for the whole run
     places_of = [training_places(u) for u in users] if a.place_rows == "visited" else []
-    shared_v: dict[str, torch.Tensor] = {}  # shared-adam: the server's second moments
+    shared_v: dict[str, torch.Tensor] = {}  # shared-adam: server moments, model device
     started = time.time()
 
     def use_client(i: int) -> None:
@@ -361,27 +363,29 @@ class SharedMomentAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g, state = p.grad, self.state[p]
+                shared = self.shared_v.get(self.names[id(p)])
                 if not state:
                     state["t"] = 0
-                    for key in ("m", "v", "g2"):
-                        state[key] = torch.zeros_like(p)
+                    state["m"], state["g2"] = torch.zeros_like(p), torch.zeros_like(p)
+                    if shared is None:
+                        state["v"] = torch.zeros_like(p)
                 state["t"] += 1
                 t = state["t"]
                 state["m"].mul_(b1).add_(g, alpha=1 - b1)
                 state["g2"].add_(g * g)
-                shared = self.shared_v.get(self.names[id(p)])
                 if shared is None:
                     state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
                     v = state["v"] / (1 - b2**t)
                 else:
-                    v = shared.to(p.device)
+                    v = shared
                 m_hat = state["m"] / (1 - b1**t)
                 p.addcdiv_(m_hat, v.sqrt().add_(group["eps"]), value=-group["lr"])
 
     def mean_squares(self, names: set[str]) -> dict[str, torch.Tensor]:
-        """The mean squared gradient over the local steps of each parameter in ``names``."""
+        """The mean squared gradient over the local steps of each parameter in ``names``
+        (on the parameter's device, where the server's moments stay)."""
         return {
-            self.names[id(p)]: (state["g2"] / state["t"]).cpu()
+            self.names[id(p)]: state["g2"] / state["t"]
             for group in self.param_groups
             for p in group["params"]
             if self.names[id(p)] in names and (state := self.state.get(p))
