@@ -98,6 +98,7 @@ def parse_args() -> argparse.Namespace:
         "(FedExP, Jhunjhunwala et al. 2023: an adaptive step of at least 1, eps --tau)",
     )
     ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam adaptivity / FedExP epsilon")
+    ap.add_argument("--beta-2", type=float, default=0.99, help="server adam: second-moment decay")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -165,7 +166,7 @@ def main() -> None:
         device=device,
     )
     rng = np.random.default_rng(a.seed)
-    server_adam = ServerAdam(a.server_lr, tau=a.tau)
+    server_adam = ServerAdam(a.server_lr, beta_2=a.beta_2, tau=a.tau)
     # --place-rows visited: each user's training places, found once for the whole run
     places_of = [training_places(u) for u in users] if a.place_rows == "visited" else []
     shared_v: dict[str, torch.Tensor] = {}  # shared-adam: server moments, model device

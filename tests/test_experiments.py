@@ -338,17 +338,19 @@ def test_design_sweep_reads_model_options() -> None:
         model_options(["prior_gate_bias"])
 
 
-def test_design_sweep_server_adam_is_flowers_fedadam_step() -> None:
-    """The sweep's server Adam takes Flower's bias-corrected FedAdam step."""
+@pytest.mark.parametrize("beta_2", [0.99, 0.999])
+def test_design_sweep_server_adam_is_flowers_fedadam_step(beta_2: float) -> None:
+    """The sweep's server Adam takes Flower's bias-corrected FedAdam step, with the
+    second-moment decay of ``--beta-2``."""
     from experiments.design_sweep import ServerAdam
 
-    adam = ServerAdam(eta=0.1, tau=1e-3)
+    adam = ServerAdam(eta=0.1, beta_2=beta_2, tau=1e-3)
     delta = torch.tensor([0.5, -2.0])
     m, v = torch.zeros(2), torch.zeros(2)
     for server_round in (1, 2):
         m = 0.9 * m + 0.1 * delta
-        v = 0.99 * v + 0.01 * delta**2
-        eta = 0.1 * (1 - 0.99 ** (server_round + 1)) ** 0.5 / (1 - 0.9 ** (server_round + 1))
+        v = beta_2 * v + (1 - beta_2) * delta**2
+        eta = 0.1 * (1 - beta_2 ** (server_round + 1)) ** 0.5 / (1 - 0.9 ** (server_round + 1))
         step = adam.step("w", delta, server_round)
         assert torch.allclose(step, eta * m / (v.sqrt() + 1e-3))
 
