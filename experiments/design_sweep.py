@@ -94,7 +94,8 @@ def parse_args() -> argparse.Namespace:
         default="sgd",
         choices=("sgd", "adam", "fedexp"),
         help="server step on the aggregated update: sgd (FedAvg, step --server-lr), adam "
-        "(FedAdam, Reddi et al. 2021: eta --server-lr, betas 0.9/0.99, tau --tau) or fedexp "
+        "(FedAdam, Reddi et al. 2021: eta --server-lr, beta 1 0.9, beta 2 --beta-2, tau --tau) "
+        "or fedexp "
         "(FedExP, Jhunjhunwala et al. 2023: an adaptive step of at least 1, eps --tau)",
     )
     ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam adaptivity / FedExP epsilon")
