@@ -35,7 +35,7 @@ from server.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 USERS = 6
-ROUNDS = 6
+ROUNDS = 8
 KILL_AFTER = 2
 SETTINGS = {
     "model-embedding-dim": 8,
