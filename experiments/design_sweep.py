@@ -95,8 +95,7 @@ def parse_args() -> argparse.Namespace:
         choices=("sgd", "adam", "fedexp"),
         help="server step on the aggregated update: sgd (FedAvg, step --server-lr), adam "
         "(FedAdam, Reddi et al. 2021: eta --server-lr, beta 1 0.9, beta 2 --beta-2, tau --tau) "
-        "or fedexp "
-        "(FedExP, Jhunjhunwala et al. 2023: an adaptive step of at least 1, eps --tau)",
+        "or fedexp (FedExP, Jhunjhunwala et al. 2023: an adaptive step of at least 1, eps --tau)",
     )
     ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam adaptivity / FedExP epsilon")
     ap.add_argument("--beta-2", type=float, default=0.99, help="server adam: second-moment decay")
